@@ -1,0 +1,221 @@
+"""Typed configuration: schemas, YAML loading and ``--set key=value`` overrides.
+
+Every schema is frozen and forbids unknown keys, so a typo in a YAML file or an override fails on
+the driver in milliseconds, not inside a worker after the cluster has scaled up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_REGISTRY_ENV = "MAAS_REGISTRY"
+DEFAULT_STORAGE_ENV = "MAAS_STORAGE"
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is wrong; the message says what and what was expected."""
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def default_registry_root() -> str:
+    """Registry root: ``$MAAS_REGISTRY`` if set, else ``~/.maas/registry``.
+
+    An absolute default matters: a Ray job runs in a temporary copy of the working directory, so a
+    relative path would register models somewhere that vanishes with the job.
+    """
+    return os.environ.get(DEFAULT_REGISTRY_ENV) or str(Path("~/.maas/registry").expanduser())
+
+
+def default_storage_path() -> str:
+    """Where Ray Train keeps runs and checkpoints: ``$MAAS_STORAGE`` or ``~/.maas/runs``."""
+    return os.environ.get(DEFAULT_STORAGE_ENV) or str(Path("~/.maas/runs").expanduser())
+
+
+DatasetName = Literal["digits", "breast_cancer", "csv", "parquet", "npz"]
+
+
+class DataConfig(_Schema):
+    source: DatasetName = "digits"
+    path: str | None = Field(None, description="File for csv/parquet/npz sources.")
+    label_column: str = "label"
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> DataConfig:
+        builtin = self.source in ("digits", "breast_cancer")
+        if builtin and self.path:
+            raise ValueError(f"data.path is only for file sources; '{self.source}' is built in")
+        if not builtin and not self.path:
+            raise ValueError(f"data.source '{self.source}' needs data.path (the file to read)")
+        return self
+
+
+Activation = Literal["relu", "gelu", "tanh", "elu", "selu", "swish", "sigmoid"]
+
+
+class ModelConfig(_Schema):
+    type: Literal["mlp", "cnn"] = "mlp"
+    hidden_units: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Activation = "relu"
+    conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
+    kernel_size: int = Field(3, ge=1)
+
+    @field_validator("hidden_units", "conv_filters")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError(f"layer sizes must be positive integers, got {sizes}")
+        return sizes
+
+
+class OptimizerConfig(_Schema):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+
+
+class TrainingConfig(_Schema):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1, description="Per-worker batch; global = this x workers.")
+    seed: int = 0
+
+
+class ScalingSection(_Schema):
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+
+
+class RunSection(_Schema):
+    name: str | None = Field(None, description="Ray Train run name; default <model>-<timestamp>.")
+    storage_path: str = Field(default_factory=default_storage_path)
+    max_failures: int = Field(0, ge=-1)
+    checkpoints_to_keep: int = Field(2, ge=1)
+
+
+class RegistrySection(_Schema):
+    root: str = Field(default_factory=default_registry_root)
+    model_name: str = Field("digits_mlp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class TrainJobConfig(_Schema):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    run: RunSection = Field(default_factory=RunSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``overlay``; nested dicts merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """``"model.hidden_units=[64, 32]"`` -> (["model", "hidden_units"], [64, 32]).
+
+    The value is parsed as YAML so numbers, lists and booleans keep their types.
+    """
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{override}' is not of the form key=value (e.g. training.epochs=5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{override}': value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    result = dict(raw)
+    for override in overrides:
+        path, value = parse_override(override)
+        result = deep_merge(result, _nested(path, value))
+    return result
+
+
+def _nested(path: Sequence[str], value: Any) -> dict[str, Any]:
+    nested: Any = value
+    for part in reversed(path):
+        nested = {part: nested}
+    return nested
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top, got {type(loaded).__name__}")
+    return loaded
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "<top>"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see configs/ for the accepted keys)"
+        given = error.get("input")
+        shown = "" if error["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {location}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def validate_config(schema: type[_Schema], raw: dict[str, Any], source: str = "config") -> Any:
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(
+    paths: str | Path | Sequence[str | Path],
+    overrides: Iterable[str] = (),
+    schema: type[_Schema] = TrainJobConfig,
+) -> Any:
+    """Read one or more YAML files (later ones overlay earlier ones), apply overrides, validate."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    raw: dict[str, Any] = {}
+    for path in paths:
+        raw = deep_merge(raw, read_yaml(path))
+    overrides = list(overrides)
+    raw = apply_overrides(raw, overrides)
+    source = " + ".join(str(p) for p in paths) + (" with --set " + " ".join(overrides) if overrides else "")
+    return validate_config(schema, raw, source)
+
+
+def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    """Plain JSON-able dict: what crosses the Ray boundary and lands in registry metadata."""
+    return config.model_dump(mode="json")

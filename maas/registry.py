@@ -1,0 +1,244 @@
+"""Model registry: ``<root>/<name>/<version>/`` (the TensorFlow Serving layout) on any filesystem.
+
+A version directory holds the model file(s) and ``metadata.json``. Publishing is atomic:
+
+* on a local filesystem, files are staged under ``<root>/<name>/.staging/`` and the finished
+  directory is renamed into place, so a version appears whole or not at all;
+* on object stores (``s3://``, ``gs://``), where rename is a copy, ``metadata.json`` is written
+  last and is the commit marker: a version without it is invisible to readers.
+
+Every reader also checks a version's files against the content hash in its metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+METADATA_FILE = "metadata.json"
+STAGING_DIR = ".staging"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class RegistryError(LookupError):
+    """A model or version is missing or unusable; the message says which and what exists."""
+
+
+class IntegrityError(RegistryError):
+    """A version's files do not match the content hash recorded when it was published."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    uri: str
+    metadata: dict[str, Any]
+
+    @property
+    def content_hash(self) -> str:
+        return self.metadata["content_hash"]
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+        raise RegistryError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def hash_files(files: dict[str, bytes] | Iterable[tuple[str, bytes]]) -> str:
+    """sha256 over (relative path, content) pairs in path order: renames change it too."""
+    items = sorted(files.items() if isinstance(files, dict) else files)
+    digest = hashlib.sha256()
+    for rel_path, content in items:
+        digest.update(rel_path.encode() + b"\0")
+        digest.update(hashlib.sha256(content).digest())
+    return "sha256:" + digest.hexdigest()
+
+
+def hash_directory(path: str | Path) -> str:
+    return hash_files(_read_tree(Path(path)))
+
+
+def _read_tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != METADATA_FILE
+    }
+
+
+class Registry:
+    def __init__(self, root: str):
+        self.root_uri = root
+        if "://" in root:
+            self.fs, self.root = pafs.FileSystem.from_uri(root)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def list_models(self) -> list[str]:
+        if not self._exists(self.root):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
+        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+        return sorted(n for n in names if NAME_PATTERN.match(n) and self.versions(n))
+
+    def versions(self, name: str) -> list[int]:
+        """Published versions, ascending. Staging leftovers and uncommitted copies are skipped."""
+        validate_name(name)
+        numbers = self._numbered_dirs(name)
+        return sorted(v for v in numbers if self._exists(self._path(name, str(v), METADATA_FILE)))
+
+    def _numbered_dirs(self, name: str) -> list[int]:
+        """Every numeric directory, committed or not (a crashed publish leaves one behind)."""
+        base = self._path(name)
+        if not self._exists(base):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base))
+        return [int(i.base_name) for i in infos
+                if i.type == pafs.FileType.Directory and i.base_name.isdigit()]
+
+    def _next_number(self, name: str) -> int:
+        return max(self._numbered_dirs(name), default=0) + 1
+
+    def get(self, name: str, version: int | str | None = None) -> ModelVersion:
+        """``version``: a number, ``"latest"`` / None, or a label stored in metadata."""
+        available = self.versions(name)
+        if not available:
+            known = ", ".join(self.list_models()) or "none"
+            raise RegistryError(f"model '{name}' is not in the registry at {self.root_uri} (models: {known})")
+        number = self._resolve(name, version, available)
+        metadata = self._read_metadata(name, number)
+        return ModelVersion(name, number, self._path(name, str(number)), metadata)
+
+    def _resolve(self, name: str, version: int | str | None, available: list[int]) -> int:
+        if version in (None, "latest"):
+            return available[-1]
+        if isinstance(version, int) or (isinstance(version, str) and version.isdigit()):
+            number = int(version)
+            if number not in available:
+                raise RegistryError(f"model '{name}' has no version {number} (versions: {available})")
+            return number
+        for number in reversed(available):
+            if version in self._read_metadata(name, number).get("labels", []):
+                return number
+        raise RegistryError(f"model '{name}' has no version labelled '{version}'")
+
+    def _read_metadata(self, name: str, version: int) -> dict[str, Any]:
+        with self.fs.open_input_stream(self._path(name, str(version), METADATA_FILE)) as stream:
+            return json.loads(stream.read())
+
+    def fetch(self, model: ModelVersion, destination: str | Path | None = None) -> Path:
+        """A local directory holding the version's files, checked against its content hash."""
+        if self.local and destination is None:
+            local = Path(model.uri)
+        else:
+            local = Path(destination or tempfile.mkdtemp(prefix=f"maas-{model.name}-{model.version}-"))
+            pafs.copy_files(model.uri, str(local), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+        actual = hash_directory(local)
+        if actual != model.content_hash:
+            raise IntegrityError(
+                f"model '{model.name}' version {model.version} at {model.uri} fails its integrity "
+                f"check: files hash to {actual}, metadata records {model.content_hash}"
+            )
+        return local
+
+    # --- writing --------------------------------------------------------------------------
+
+    def publish(self, name: str, source_dir: str | Path, metadata: dict[str, Any]) -> ModelVersion:
+        """Copy ``source_dir``'s files in as the next version of ``name``; return it."""
+        validate_name(name)
+        source = Path(source_dir)
+        files = _read_tree(source)
+        if not files:
+            raise RegistryError(f"nothing to publish: '{source}' holds no files")
+        full_metadata = {
+            **metadata,
+            "name": name,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "content_hash": hash_files(files),
+            "files": {path: len(content) for path, content in files.items()},
+            "labels": list(metadata.get("labels", [])),
+        }
+        if self.local:
+            return self._publish_local(name, source, full_metadata)
+        return self._publish_remote(name, source, full_metadata)
+
+    def _publish_local(self, name: str, source: Path, metadata: dict[str, Any]) -> ModelVersion:
+        base = Path(self._path(name))
+        staging = base / STAGING_DIR / uuid.uuid4().hex
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(METADATA_FILE))
+        try:
+            while True:  # another publisher may take a number first: retry with the next one
+                version = self._next_number(name)
+                target = base / str(version)
+                (staging / METADATA_FILE).write_text(json.dumps({**metadata, "version": version}, indent=2))
+                try:
+                    target.mkdir()  # claims the number; fails if taken
+                except FileExistsError:
+                    continue
+                os.replace(staging, target)  # atomic swap of the empty claim for the full dir
+                break
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self.get(name, version)
+
+    def _publish_remote(self, name: str, source: Path, metadata: dict[str, Any]) -> ModelVersion:
+        version = self._next_number(name)
+        target = self._path(name, str(version))
+        if self._exists(target):
+            raise RegistryError(f"version {version} of '{name}' is being written by another publisher")
+        self.fs.create_dir(target)
+        for rel_path in _read_tree(source):
+            with self.fs.open_output_stream(f"{target}/{rel_path}") as out:
+                out.write((source / rel_path).read_bytes())
+        with self.fs.open_output_stream(f"{target}/{METADATA_FILE}") as out:  # commit marker
+            out.write(json.dumps({**metadata, "version": version}, indent=2).encode())
+        return self.get(name, version)
+
+    def set_labels(self, name: str, version: int, labels: list[str]) -> ModelVersion:
+        """Move each label onto ``version`` (a label names one version at a time)."""
+        for number in self.versions(name):
+            metadata = self._read_metadata(name, number)
+            kept = [label for label in metadata.get("labels", []) if label not in labels]
+            if number == version:
+                kept = sorted(set(kept) | set(labels))
+            if kept != metadata.get("labels", []):
+                self._write_metadata(name, number, {**metadata, "labels": kept})
+        return self.get(name, version)
+
+    def _write_metadata(self, name: str, version: int, metadata: dict[str, Any]) -> None:
+        path = self._path(name, str(version), METADATA_FILE)
+        if self.local:  # write-then-rename: a reader never sees half a JSON file
+            temp = f"{path}.{uuid.uuid4().hex}.tmp"
+            Path(temp).write_text(json.dumps(metadata, indent=2))
+            os.replace(temp, path)
+        else:
+            with self.fs.open_output_stream(path) as out:
+                out.write(json.dumps(metadata, indent=2).encode())
