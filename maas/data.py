@@ -125,7 +125,8 @@ def _table_to_arrays(frame, path: Path, label: str) -> tuple[np.ndarray, np.ndar
             )
     labels = frame[label].to_numpy()
     if pd.isna(frame[label]).any():
-        raise DataError(f"data file '{path}': label column '{label}' has {int(pd.isna(frame[label]).sum())} empty values")
+        empty = int(pd.isna(frame[label]).sum())
+        raise DataError(f"data file '{path}': label column '{label}' has {empty} empty values")
     return features.to_numpy(dtype=np.float32), labels, [str(c) for c in features.columns]
 
 
@@ -136,7 +137,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"data file '{path}' could not be read as .npz: {exc}") from None
     missing = [key for key in ("x", "y") if key not in archive.files]
     if missing:
-        raise DataError(f"data file '{path}' lacks array(s) {missing}; expected 'x' (features) and 'y' (labels), found {archive.files}")
+        raise DataError(f"data file '{path}' lacks array(s) {missing}; expected 'x' (features) "
+                        f"and 'y' (labels), found {archive.files}")
     x, y = archive["x"], archive["y"]
     if x.dtype.kind not in "biuf":
         raise DataError(f"data file '{path}': array 'x' has dtype {x.dtype}, expected numbers")
@@ -172,7 +174,7 @@ def _check_finite(x: np.ndarray, path: Path, names: list[str] | None, column: st
         return
     if names:
         bad_cols = ~np.isfinite(x).all(axis=0)
-        where = "column(s) " + ", ".join(f"'{n}'" for n, bad in zip(names, bad_cols) if bad)
+        where = "column(s) " + ", ".join(f"'{n}'" for n, bad in zip(names, bad_cols, strict=True) if bad)
     else:
         where = f"array {column}"
     raise DataError(

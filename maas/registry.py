@@ -84,9 +84,11 @@ def _read_tree(root: Path) -> dict[str, bytes]:
 
 
 class Registry:
-    def __init__(self, root: str):
+    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None):
         self.root_uri = root
-        if "://" in root:
+        if filesystem is not None:  # an explicit pyarrow filesystem (tests, custom credentials)
+            self.fs, self.root = filesystem, root
+        elif "://" in root:
             self.fs, self.root = pafs.FileSystem.from_uri(root)
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
@@ -158,6 +160,7 @@ class Registry:
             local = Path(model.uri)
         else:
             local = Path(destination or tempfile.mkdtemp(prefix=f"maas-{model.name}-{model.version}-"))
+            local.mkdir(parents=True, exist_ok=True)
             pafs.copy_files(model.uri, str(local), source_filesystem=self.fs,
                             destination_filesystem=pafs.LocalFileSystem())
         actual = hash_directory(local)

@@ -96,9 +96,12 @@ def to_batch(rows: Any, schema: DataSchema, max_rows: int) -> np.ndarray:
     rows = [_unwrap_named(row) for row in rows]
     expected = list(schema.input_shape)
     try:
-        batch = np.asarray(rows, dtype=np.float32)
+        parsed = np.asarray(rows)  # dtype inferred: strings, booleans and ragged rows show up in it
     except (ValueError, TypeError):
         raise RequestError(_shape_message(rows, expected)) from None
+    if parsed.dtype.kind not in "iuf":
+        raise RequestError(_shape_message(rows, expected))
+    batch = parsed.astype(np.float32, copy=False)
     if list(batch.shape[1:]) != expected:
         if batch.ndim == 2 and [batch.shape[1]] != expected and len(expected) == 1:
             raise RequestError(f"each row must have {expected[0]} features, got {batch.shape[1]}")
@@ -113,7 +116,8 @@ def _unwrap_named(row: Any) -> Any:
     # TF Serving row format also allows {"inputs": value} per instance for single-input models.
     if isinstance(row, dict):
         if len(row) != 1:
-            raise RequestError(f"a named instance must have one key (this model has one input), got {sorted(row)}")
+            raise RequestError(
+                f"a named instance must have one key (this model has one input), got {sorted(row)}")
         return next(iter(row.values()))
     return row
 

@@ -1,0 +1,18 @@
+# Shared settings for make demo / make down. Sourced, not run.
+# Token authentication is on: every Ray client (ray job, serve deploy, the dashboard) must present
+# the token in ~/.ray/auth_token (created on first use) or $RAY_AUTH_TOKEN.
+export RAY_AUTH_MODE=token
+export MAAS_HOME="${MAAS_HOME:-$PWD/.demo}"
+export MAAS_REGISTRY="${MAAS_REGISTRY:-$MAAS_HOME/registry}"
+export MAAS_STORAGE="${MAAS_STORAGE:-$MAAS_HOME/runs}"
+export TF_USE_LEGACY_KERAS=1 TF_CPP_MIN_LOG_LEVEL=2
+export PATH="$PWD/.venv/bin:$PATH"
+GCS_PORT="${GCS_PORT:-6380}"
+DASHBOARD_HOST="${DASHBOARD_HOST:-127.0.0.1}"
+DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
+SERVE_PORT=8000   # http_options.port in configs/serve/digits.yaml
+DASHBOARD_URL="http://${DASHBOARD_HOST}:${DASHBOARD_PORT}"
+export RAY_ADDRESS="$DASHBOARD_URL"
+RAY_PID_FILE="$MAAS_HOME/ray.pid"
+
+ray_running() { [ -s "$RAY_PID_FILE" ] && kill -0 "$(cat "$RAY_PID_FILE")" 2>/dev/null; }
