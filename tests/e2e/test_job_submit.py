@@ -41,7 +41,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
         f"--metrics-export-port={free_port()}", "--include-dashboard=true",
-        "--min-worker-port=40000", "--max-worker-port=40999",
+        "--min-worker-port=20000", "--max-worker-port=20999",  # below the ephemeral range
     ]
     log = open(work / "ray.log", "w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
