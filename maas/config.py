@@ -40,20 +40,24 @@ def default_storage_path() -> str:
     return os.environ.get(DEFAULT_STORAGE_ENV) or str(Path("~/.maas/runs").expanduser())
 
 
-DatasetName = Literal["digits", "breast_cancer", "csv", "parquet", "npz"]
+DatasetName = Literal["digits", "breast_cancer", "reviews", "csv", "parquet", "npz"]
+BUILTIN_DATASETS = ("digits", "breast_cancer", "reviews")
 
 
 class DataConfig(_Schema):
     source: DatasetName = "digits"
     path: str | None = Field(None, description="File for csv/parquet/npz sources.")
     label_column: str = "label"
+    text_column: str | None = Field(None, description="csv/parquet: one text feature instead of numbers")
+    classes: list[int | str] | None = Field(
+        None, description="Declared label values; a label outside them is refused.")
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 0
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataConfig:
-        builtin = self.source in ("digits", "breast_cancer")
+        builtin = self.source in BUILTIN_DATASETS
         if builtin and self.path:
             raise ValueError(f"data.path is only for file sources; '{self.source}' is built in")
         if not builtin and not self.path:
@@ -65,14 +69,21 @@ Activation = Literal["relu", "gelu", "tanh", "elu", "selu", "swish", "sigmoid"]
 
 
 class ModelConfig(_Schema):
-    type: Literal["mlp", "cnn"] = "mlp"
+    type: Literal["mlp", "cnn", "text"] = "mlp"
     hidden_units: list[int] = Field(default_factory=lambda: [128, 64])
     dropout: float = Field(0.1, ge=0, lt=1)
     activation: Activation = "relu"
+    # cnn (images) and text (1-D conv encoder)
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
     kernel_size: int = Field(3, ge=1)
+    # text: tokenisation happens inside the model (TextVectorization)
+    vocab_size: int = Field(5000, ge=10)
+    sequence_length: int = Field(64, ge=2)
+    embedding_dim: int = Field(32, ge=1)
+    text_encoder: Literal["conv", "lstm"] = "conv"
+    lstm_units: list[int] = Field(default_factory=lambda: [32])
 
-    @field_validator("hidden_units", "conv_filters")
+    @field_validator("hidden_units", "conv_filters", "lstm_units")
     @classmethod
     def _positive_sizes(cls, sizes: list[int]) -> list[int]:
         if any(size < 1 for size in sizes):
@@ -83,24 +94,40 @@ class ModelConfig(_Schema):
 class OptimizerConfig(_Schema):
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     learning_rate: float = Field(1e-3, gt=0, le=10)
+    # Linear scaling rule (Goyal et al. 2017): lr x num_workers, as the global batch grows with them.
+    scale_lr_with_workers: bool = False
 
 
 class TrainingConfig(_Schema):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1, description="Per-worker batch; global = this x workers.")
     seed: int = 0
+    # Batches run per tf.function call: fewer Python round trips per step for small models.
+    steps_per_execution: int = Field(1, ge=1)
+    mixed_precision: bool = Field(False, description="float16 compute on GPUs; ignored on CPU.")
 
 
 class ScalingSection(_Schema):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
+    use_gpu: Literal["auto"] | bool = Field("auto", description="auto: GPUs when the cluster has them")
+    resources_per_worker: dict[str, float] | None = Field(
+        None, description="Overrides cpus_per_worker, e.g. {CPU: 4, GPU: 1}")
+    # An autoscaling cluster grows to fit the job; a fixed one must already have room for it.
+    autoscaling: bool = False
+
+    def worker_resources(self, use_gpu: bool) -> dict[str, float]:
+        resources = dict(self.resources_per_worker or {"CPU": self.cpus_per_worker})
+        if use_gpu:
+            resources.setdefault("GPU", 1.0)
+        return resources
 
 
 class RunSection(_Schema):
     name: str | None = Field(None, description="Ray Train run name; default <model>-<timestamp>.")
     storage_path: str = Field(default_factory=default_storage_path)
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(2, ge=-1, description="Worker-group restarts from the last checkpoint")
+    resume: bool = Field(False, description="Continue the run named run.name from its last checkpoint")
     checkpoints_to_keep: int = Field(2, ge=1)
 
 

@@ -21,6 +21,12 @@ class ModelConfigError(ValueError):
 
 def check_compatible(cfg: ModelConfig, schema: DataSchema) -> None:
     """Fail on the driver, before any worker starts, when model and data do not fit."""
+    if (cfg.type == "text") != schema.is_text:
+        wanted = "model.type=text" if schema.is_text else "model.type=mlp or cnn"
+        raise ModelConfigError(
+            f"model.type={cfg.type} does not fit data '{schema.source}' "
+            f"({'text' if schema.is_text else 'numeric'} input): use {wanted}"
+        )
     if cfg.type == "cnn":
         if not schema.is_image:
             raise ModelConfigError(
@@ -36,21 +42,55 @@ def check_compatible(cfg: ModelConfig, schema: DataSchema) -> None:
             )
 
 
-def build_model(cfg: ModelConfig, schema: DataSchema, mean: np.ndarray, variance: np.ndarray):
+def build_model(cfg: ModelConfig, schema: DataSchema, mean: np.ndarray | None,
+                variance: np.ndarray | None, texts: np.ndarray | None = None):
+    """``mean``/``variance`` feed the Normalization layer of numeric models; ``texts`` (training
+    texts) build the vocabulary of a text model's TextVectorization layer."""
     check_compatible(cfg, schema)
     k = keras()
+    if cfg.type == "text":
+        return _text_model(k, cfg, schema, texts)
     inputs = k.Input(shape=schema.input_shape, name="inputs", dtype="float32")
     axes = tuple(range(1, len(schema.input_shape) + 1))
     x = k.layers.Normalization(axis=axes, mean=mean, variance=variance, name="normalize")(inputs)
     if cfg.type == "cnn":
         x = _conv_stack(k, x, cfg, schema)
     x = k.layers.Flatten(name="flatten")(x)
+    return k.Model(inputs, _classifier_head(k, x, cfg, schema), name=f"{cfg.type}_classifier")
+
+
+def _classifier_head(k: Any, x: Any, cfg: ModelConfig, schema: DataSchema) -> Any:
     for i, units in enumerate(cfg.hidden_units):
         x = k.layers.Dense(units, activation=cfg.activation, name=f"dense_{i}")(x)
         if cfg.dropout:
             x = k.layers.Dropout(cfg.dropout, name=f"dropout_{i}")(x)
-    outputs = k.layers.Dense(schema.num_classes, activation="softmax", name="probabilities")(x)
-    return k.Model(inputs, outputs, name=f"{cfg.type}_classifier")
+    # float32 output even under mixed precision: softmax in float16 loses small probabilities
+    return k.layers.Dense(schema.num_classes, activation="softmax", dtype="float32",
+                          name="probabilities")(x)
+
+
+def _text_model(k: Any, cfg: ModelConfig, schema: DataSchema, texts: np.ndarray | None) -> Any:
+    """Raw strings in: tokenisation is a layer, so serving sends text, never token ids."""
+    if texts is None:
+        raise ValueError("a text model needs the training texts to build its vocabulary")
+    vectorize = k.layers.TextVectorization(
+        max_tokens=cfg.vocab_size, output_sequence_length=cfg.sequence_length, name="tokenize")
+    vectorize.adapt(np.asarray(texts, dtype=str))
+    inputs = k.Input(shape=(), dtype="string", name="inputs")
+    x = vectorize(inputs)
+    # LSTMs must skip the padding (else the final state forgets the words); Conv1D takes no mask.
+    x = k.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, mask_zero=cfg.text_encoder == "lstm",
+                           name="embed")(x)
+    if cfg.text_encoder == "lstm":
+        for i, units in enumerate(cfg.lstm_units):
+            last = i == len(cfg.lstm_units) - 1
+            x = k.layers.Bidirectional(k.layers.LSTM(units, return_sequences=not last), name=f"lstm_{i}")(x)
+    else:
+        for i, filters in enumerate(cfg.conv_filters):
+            x = k.layers.Conv1D(filters, cfg.kernel_size, padding="same", activation=cfg.activation,
+                                name=f"conv_{i}")(x)
+        x = k.layers.GlobalMaxPooling1D(name="pool")(x)
+    return k.Model(inputs, _classifier_head(k, x, cfg, schema), name="text_classifier")
 
 
 def _conv_stack(k: Any, x: Any, cfg: ModelConfig, schema: DataSchema) -> Any:
@@ -64,7 +104,11 @@ def _conv_stack(k: Any, x: Any, cfg: ModelConfig, schema: DataSchema) -> Any:
     return x
 
 
-def build_optimizer(cfg: OptimizerConfig):
+def effective_learning_rate(cfg: OptimizerConfig, num_workers: int) -> float:
+    return cfg.learning_rate * (num_workers if cfg.scale_lr_with_workers else 1)
+
+
+def build_optimizer(cfg: OptimizerConfig, num_workers: int = 1):
     k = keras()
     classes = {
         "adam": k.optimizers.Adam,
@@ -72,12 +116,14 @@ def build_optimizer(cfg: OptimizerConfig):
         "sgd": k.optimizers.SGD,
         "rmsprop": k.optimizers.RMSprop,
     }
-    return classes[cfg.name](learning_rate=cfg.learning_rate)
+    return classes[cfg.name](learning_rate=effective_learning_rate(cfg, num_workers))
 
 
-def compile_model(model, optimizer_cfg: OptimizerConfig) -> None:
+def compile_model(model, optimizer_cfg: OptimizerConfig, num_workers: int = 1,
+                  steps_per_execution: int = 1) -> None:
     model.compile(
-        optimizer=build_optimizer(optimizer_cfg),
+        optimizer=build_optimizer(optimizer_cfg, num_workers),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
     )

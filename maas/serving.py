@@ -94,6 +94,8 @@ def to_batch(rows: Any, schema: DataSchema, max_rows: int) -> np.ndarray:
     if len(rows) > max_rows:
         raise RequestError(f"{len(rows)} rows in one request; at most {max_rows} are accepted", 413)
     rows = [_unwrap_named(row) for row in rows]
+    if schema.is_text:
+        return _text_batch(rows)
     expected = list(schema.input_shape)
     try:
         parsed = np.asarray(rows)  # dtype inferred: strings, booleans and ragged rows show up in it
@@ -110,6 +112,13 @@ def to_batch(rows: Any, schema: DataSchema, max_rows: int) -> np.ndarray:
         bad = int((~np.isfinite(batch.reshape(len(batch), -1))).any(axis=1).argmax())
         raise RequestError(f"row {bad} holds NaN or infinity; every value must be a finite number")
     return batch
+
+
+def _text_batch(rows: list[Any]) -> np.ndarray:
+    for i, row in enumerate(rows):
+        if not isinstance(row, str):
+            raise RequestError(f"row {i} is {type(row).__name__}; this model takes one string per row")
+    return np.array(rows, dtype=str)
 
 
 def _unwrap_named(row: Any) -> Any:
@@ -176,8 +185,13 @@ class LoadedModel:
         model = load_model(str(directory / entry.metadata.get("format", "model.keras")), compile=False)
         loaded = cls(name, entry.version, DataSchema.from_dict(entry.metadata["schema"]), model,
                      entry.metadata)
-        loaded.predict(np.zeros((1, *loaded.schema.input_shape), dtype=np.float32))  # warm-up
+        loaded.predict(loaded.example_batch())  # warm-up: first call traces the graph
         return loaded
+
+    def example_batch(self) -> np.ndarray:
+        if self.schema.is_text:
+            return np.array([""])
+        return np.zeros((1, *self.schema.input_shape), dtype=np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         # Direct call, never model.predict(): predict() costs ~60 ms per call whatever the size.

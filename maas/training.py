@@ -5,6 +5,8 @@ Rules learnt the hard way (../shared/notes/ray-tf-facts.md):
 * Every rank saves the model (saving runs collectives; saving on rank 0 alone deadlocks) and
   every rank calls ``ray.train.report`` once per epoch (it is a barrier); only rank 0 attaches
   the checkpoint.
+* The per-epoch history travels inside the checkpoint, so a run restarted after a worker died
+  keeps the epochs it had already done and does not repeat them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import numpy as np
 
 from maas.config import TrainJobConfig, config_to_dict
 from maas.data import Splits, feature_stats, load_dataset, shard_indices
-from maas.models import build_model, check_compatible, compile_model
+from maas.models import build_model, check_compatible, compile_model, effective_learning_rate
 from maas.tfkeras import keras, load_model, save_model, tensorflow
 
 MODEL_FILE = "model.keras"
@@ -58,6 +60,31 @@ def check_job(cfg: TrainJobConfig, splits: Splits) -> None:
         )
 
 
+def check_capacity(cfg: TrainJobConfig, cluster: dict[str, float], use_gpu: bool) -> None:
+    """A fixed-size cluster that cannot place every worker would wait forever: say so instead."""
+    if cfg.scaling.autoscaling:
+        return
+    per_worker = cfg.scaling.worker_resources(use_gpu)
+    for resource, amount in per_worker.items():
+        needed = amount * cfg.scaling.num_workers
+        if cluster.get(resource, 0.0) + 1e-9 < needed:
+            raise TrainingInputError(
+                f"scaling.num_workers={cfg.scaling.num_workers} workers need {needed:g} {resource} "
+                f"({amount:g} each) but the cluster has {cluster.get(resource, 0.0):g}: lower "
+                "num_workers or the per-worker resources, or set scaling.autoscaling=true on a "
+                "cluster that grows"
+            )
+
+
+def resolve_use_gpu(setting: str | bool, cluster: dict[str, float]) -> bool:
+    has_gpus = cluster.get("GPU", 0.0) > 0
+    if setting == "auto":
+        return has_gpus
+    if setting and not has_gpus:
+        raise TrainingInputError("scaling.use_gpu=true but the cluster has no GPUs; use auto or false")
+    return bool(setting)
+
+
 def default_run_name(cfg: TrainJobConfig) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{cfg.registry.model_name}-{stamp}"
@@ -75,6 +102,13 @@ def progress_line(metrics: dict[str, float], epochs: int) -> str:
     )
 
 
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> list[list[int]]:
+    """Rows: true class, columns: predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix.tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # Worker side
 
@@ -89,7 +123,14 @@ def _configure_threads(tf: Any, cpus: float) -> None:
         pass  # already initialised in this process (a restarted loop): keep what is set
 
 
-def _restore_or_build(cfg: TrainJobConfig, splits: Splits) -> tuple[Any, int]:
+@dataclass
+class _Start:
+    model: Any
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _restore_or_build(cfg: TrainJobConfig, splits: Splits, world: int) -> _Start:
     """Resume from the run's latest checkpoint if Ray hands one over, else a fresh model."""
     import ray.train
 
@@ -98,15 +139,21 @@ def _restore_or_build(cfg: TrainJobConfig, splits: Splits) -> tuple[Any, int]:
         with checkpoint.as_directory() as directory:
             state = json.loads((Path(directory) / STATE_FILE).read_text())
             model = load_model(str(Path(directory) / MODEL_FILE))
-        return model, int(state["epoch"])
+        return _Start(model, int(state["epoch"]), state.get("history", []))
     mean, variance = feature_stats(splits.x_train)
-    model = build_model(cfg.model, splits.schema, mean, variance)
-    compile_model(model, cfg.optimizer)
-    return model, 0
+    texts = splits.x_train if splits.schema.is_text else None
+    model = build_model(cfg.model, splits.schema, mean, variance, texts)
+    compile_model(model, cfg.optimizer, world, cfg.training.steps_per_execution)
+    return _Start(model)
+
+
+def _as_model_input(x: np.ndarray) -> np.ndarray:
+    return x.astype(str) if x.dtype == object else x
 
 
 def _make_dataset_fn(x: np.ndarray, y: np.ndarray, batch: int, seed: int):
     tf = tensorflow()
+    x = _as_model_input(x)
 
     def dataset_fn(input_context: Any) -> Any:
         dataset = tf.data.Dataset.from_tensor_slices((x, y))
@@ -116,52 +163,82 @@ def _make_dataset_fn(x: np.ndarray, y: np.ndarray, batch: int, seed: int):
     return dataset_fn
 
 
-class _ReportCallback:
-    """Builds the Keras callback that checkpoints and reports once per epoch on every rank."""
+def _append_progress(run_dir: str, rank: int, record: dict[str, Any]) -> None:
+    """One line per rank per epoch beside the checkpoints: which process trained which epoch."""
+    fs, path = _filesystem(run_dir)
+    fs.create_dir(f"{path}/{WORKERS_DIR}", recursive=True)
+    target = f"{path}/{WORKERS_DIR}/progress-rank-{rank}.jsonl"
+    previous = b""
+    if fs.get_file_info(target).size:
+        with fs.open_input_stream(target) as stream:
+            previous = stream.read()
+    with fs.open_output_stream(target) as out:  # rewrite: object stores cannot append
+        out.write(previous + json.dumps(record).encode() + b"\n")
 
-    @staticmethod
-    def create(rank: int, epochs: int, samples_per_epoch: int) -> Any:
-        import ray.train
 
-        class ReportCallback(keras().callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                self._started = time.perf_counter()
+def _make_report_callback(rank: int, epochs: int, samples_per_epoch: int, start: _Start,
+                          run_dir: str) -> Any:
+    """The Keras callback that checkpoints and reports once per epoch on every rank."""
+    import ray.train
 
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                elapsed = time.perf_counter() - self._started
-                metrics = {key: float(value) for key, value in (logs or {}).items()}
-                metrics.update(epoch=epoch + 1, epoch_time_s=elapsed,
-                               samples_per_s=samples_per_epoch / max(elapsed, 1e-9))
-                with tempfile.TemporaryDirectory() as directory:
-                    save_model(self.model, os.path.join(directory, MODEL_FILE))  # every rank
-                    if rank == 0:
-                        Path(directory, STATE_FILE).write_text(json.dumps({"epoch": epoch + 1}))
-                        print(progress_line(metrics, epochs), flush=True)
-                        checkpoint = ray.train.Checkpoint.from_directory(directory)
-                        ray.train.report(metrics, checkpoint=checkpoint)
-                    else:
-                        ray.train.report(metrics)
+    history = list(start.history)
 
-        return ReportCallback()
+    class ReportCallback(keras().callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            elapsed = time.perf_counter() - self._started
+            metrics = {key: float(value) for key, value in (logs or {}).items()}
+            metrics.update(epoch=epoch + 1, epoch_time_s=elapsed,
+                           samples_per_s=samples_per_epoch / max(elapsed, 1e-9))
+            history.append(metrics)
+            _append_progress(run_dir, rank, {"epoch": epoch + 1, "pid": os.getpid(),
+                                             "time": time.time()})
+            with tempfile.TemporaryDirectory() as directory:
+                save_model(self.model, os.path.join(directory, MODEL_FILE))  # every rank
+                if rank == 0:
+                    state = {"epoch": epoch + 1, "history": history}
+                    Path(directory, STATE_FILE).write_text(json.dumps(state))
+                    print(progress_line(metrics, epochs), flush=True)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                else:
+                    ray.train.report(metrics)
+
+    return ReportCallback(), history
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
 
 
 def _write_worker_record(run_dir: str, record: dict[str, Any]) -> None:
     """One JSON per rank beside the run's checkpoints: what each worker actually trained on."""
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(run_dir) if "://" in run_dir else (
-        pafs.LocalFileSystem(), run_dir)
+    fs, path = _filesystem(run_dir)
     fs.create_dir(f"{path}/{WORKERS_DIR}", recursive=True)
     with fs.open_output_stream(f"{path}/{WORKERS_DIR}/rank-{record['rank']}.json") as out:
         out.write(json.dumps(record).encode())
+
+
+def _choose_strategy(tf: Any, world: int, use_gpu: bool) -> Any:
+    # One worker has nobody to all-reduce with: MWMS would only add per-step overhead.
+    if world == 1:
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if use_gpu else "/cpu:0")
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
 
     cfg = TrainJobConfig.model_validate(loop_config["job"])  # validated again, worker side
+    use_gpu = bool(loop_config.get("use_gpu", False))
+    run_dir = loop_config["run_dir"]
     tf = tensorflow()
-    _configure_threads(tf, cfg.scaling.cpus_per_worker)
+    _configure_threads(tf, cfg.scaling.worker_resources(use_gpu).get("CPU", 1))
+    if use_gpu and cfg.training.mixed_precision:
+        keras().mixed_precision.set_global_policy("mixed_float16")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     keras().utils.set_random_seed(cfg.training.seed + rank)
@@ -170,40 +247,48 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     shard = shard_indices(len(splits.x_train), rank, world, cfg.training.seed)
     batch = cfg.training.batch_size
     steps = steps_per_epoch(len(splits.x_train), world, batch)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = _choose_strategy(tf, world, use_gpu)
     with strategy.scope():
-        model, initial_epoch = _restore_or_build(cfg, splits)
+        start = _restore_or_build(cfg, splits, world)
 
     dataset_fn = _make_dataset_fn(splits.x_train[shard], splits.y_train[shard], batch,
                                   cfg.training.seed + rank)
-    callback = _ReportCallback.create(rank, cfg.training.epochs, steps * batch * world)
+    callback, history = _make_report_callback(rank, cfg.training.epochs, steps * batch * world,
+                                              start, run_dir)
     started = time.perf_counter()
-    if initial_epoch < cfg.training.epochs:
-        model.fit(
+    if start.epoch < cfg.training.epochs:
+        start.model.fit(
             keras().utils.experimental.DatasetCreator(dataset_fn),
             epochs=cfg.training.epochs,
-            initial_epoch=initial_epoch,
+            initial_epoch=start.epoch,
             steps_per_epoch=steps,
-            validation_data=(splits.x_val, splits.y_val),
+            validation_data=(_as_model_input(splits.x_val), splits.y_val),
+            validation_batch_size=256,
             callbacks=[callback],
             verbose=0,
         )
     train_time = time.perf_counter() - started
-    test = model.evaluate(splits.x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
+    x_test = _as_model_input(splits.x_test)
+    test = start.model.evaluate(x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
+    predicted = np.asarray(start.model(x_test, training=False)).argmax(axis=1)
 
-    _write_worker_record(loop_config["run_dir"], {
+    epochs_run = cfg.training.epochs - start.epoch
+    _write_worker_record(run_dir, {
         "rank": rank, "world_size": world, "host": socket.gethostname(), "pid": os.getpid(),
         "shard_rows": len(shard), "shard_indices": shard.tolist(),
         "steps_per_epoch": steps, "per_worker_batch": batch,
-        "epochs_trained": cfg.training.epochs - initial_epoch, "resumed_from_epoch": initial_epoch,
+        "epochs_trained": epochs_run, "resumed_from_epoch": start.epoch,
     })
-    epochs_run = cfg.training.epochs - initial_epoch
     return {
         "test_loss": float(test["loss"]),
         "test_accuracy": float(test["accuracy"]),
         "train_time_s": train_time,
         "samples_per_s": epochs_run * steps * batch * world / max(train_time, 1e-9),
-        "resumed_from_epoch": initial_epoch,
+        "resumed_from_epoch": start.epoch,
+        "global_batch_size": batch * world,
+        "learning_rate": effective_learning_rate(cfg.optimizer, world),
+        "confusion_matrix": confusion_matrix(splits.y_test, predicted, splits.schema.num_classes),
+        "history": history,
     }
 
 
@@ -219,18 +304,19 @@ class TrainOutcome:
     version: Any  # maas.registry.ModelVersion
 
 
-def build_trainer(cfg: TrainJobConfig, run_name: str) -> Any:
+def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     storage = _absolute_storage(cfg.run.storage_path)
     return TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": config_to_dict(cfg), "run_dir": f"{storage}/{run_name}"},
+        train_loop_config={"job": config_to_dict(cfg), "run_dir": f"{storage}/{run_name}",
+                           "use_gpu": use_gpu},
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            use_gpu=use_gpu,
+            resources_per_worker=cfg.scaling.worker_resources(use_gpu),
         ),
         run_config=RunConfig(
             name=run_name,
@@ -245,41 +331,88 @@ def _absolute_storage(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
+def choose_run_name(cfg: TrainJobConfig, run_name: str | None = None) -> str:
+    """Ray resumes any run whose name exists in storage; make that a decision, not an accident."""
+    name = run_name or cfg.run.name
+    if name is None:
+        if cfg.run.resume:
+            raise TrainingInputError("run.resume=true needs run.name (the run to continue)")
+        return default_run_name(cfg)
+    fs, path = _filesystem(f"{_absolute_storage(cfg.run.storage_path)}/{name}")
+    import pyarrow.fs as pafs
+
+    exists = fs.get_file_info(path).type != pafs.FileType.NotFound
+    if exists and not cfg.run.resume:
+        raise TrainingInputError(
+            f"a run named '{name}' already exists in {cfg.run.storage_path}: pass --resume "
+            "(run.resume=true) to continue it from its last checkpoint, or choose another run.name"
+        )
+    if cfg.run.resume and not exists:
+        raise TrainingInputError(
+            f"run.resume=true but no run named '{name}' exists in {cfg.run.storage_path}")
+    return name
+
+
 def run_training(cfg: TrainJobConfig, run_name: str | None = None) -> TrainOutcome:
-    """Validate data and config here, train on the cluster, evaluate, register the model."""
-    from maas.registry import Registry
+    """Validate data, config and cluster here; train on the cluster; evaluate; register."""
+    import ray
 
     splits = load_dataset(cfg.data)  # bad data fails here, before any worker starts
     check_job(cfg, splits)
-    run_name = run_name or cfg.run.name or default_run_name(cfg)
-    trainer = build_trainer(cfg, run_name)
-    result = trainer.fit()
+    cluster = ray.cluster_resources()
+    use_gpu = resolve_use_gpu(cfg.scaling.use_gpu, cluster)
+    check_capacity(cfg, cluster, use_gpu)
+    run_name = choose_run_name(cfg, run_name)
+    result = build_trainer(cfg, run_name, use_gpu).fit()
     metrics = dict(result.return_value or {})
-    final_epoch = dict(result.metrics or {})
     if result.checkpoint is None:
         raise RuntimeError(f"training run '{run_name}' finished without a checkpoint")
-    with result.checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as staged:
-        Path(staged, MODEL_FILE).write_bytes(Path(directory, MODEL_FILE).read_bytes())
-        version = Registry(cfg.registry.root).publish(
-            cfg.registry.model_name,
-            staged,
-            _version_metadata(cfg, splits, run_name, metrics, final_epoch, result.checkpoint.path),
-        )
     run_dir = f"{_absolute_storage(cfg.run.storage_path)}/{run_name}"
+    version = _publish(cfg, splits, run_name, metrics, result.checkpoint, use_gpu)
     return TrainOutcome(run_name, run_dir, metrics, version)
 
 
+def _publish(cfg: TrainJobConfig, splits: Splits, run_name: str, metrics: dict[str, Any],
+             checkpoint: Any, use_gpu: bool) -> Any:
+    from maas.registry import Registry
+    from maas.reports import write_learning_curve
+
+    history = metrics.pop("history", [])
+    confusion = metrics.pop("confusion_matrix", None)
+    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as staged:
+        Path(staged, MODEL_FILE).write_bytes(Path(directory, MODEL_FILE).read_bytes())
+        write_learning_curve(history, Path(staged, "learning_curve.png"), title=run_name)
+        Path(staged, "confusion_matrix.json").write_text(json.dumps(
+            {"classes": splits.schema.classes, "rows_true_columns_predicted": confusion}))
+        Path(staged, "history.json").write_text(json.dumps(history))
+        return Registry(cfg.registry.root).publish(
+            cfg.registry.model_name, staged,
+            _version_metadata(cfg, splits, run_name, metrics, history, confusion, checkpoint.path,
+                              use_gpu),
+        )
+
+
 def _version_metadata(cfg: TrainJobConfig, splits: Splits, run_name: str,
-                      test_metrics: dict[str, Any], final_epoch: dict[str, Any],
-                      checkpoint_path: str) -> dict[str, Any]:
+                      test_metrics: dict[str, Any], history: list[dict[str, float]],
+                      confusion: list[list[int]] | None, checkpoint_path: str,
+                      use_gpu: bool) -> dict[str, Any]:
     import ray
 
+    final_epoch = history[-1] if history else {}
     return {
-        "metrics": {**{k: v for k, v in final_epoch.items() if isinstance(v, (int, float))},
-                    **test_metrics},
+        "metrics": {**final_epoch, **test_metrics},
+        "confusion_matrix": confusion,
         "config": config_to_dict(cfg),
         "schema": splits.schema.to_dict(),
         "run_id": run_name,
+        "training": {
+            "epochs": len(history),
+            "train_time_s": test_metrics.get("train_time_s"),
+            "samples_per_s": test_metrics.get("samples_per_s"),
+            "num_workers": cfg.scaling.num_workers,
+            "use_gpu": use_gpu,
+            "global_batch_size": test_metrics.get("global_batch_size"),
+        },
         "lineage": {
             "data_source": splits.schema.source,
             "data_fingerprint": splits.fingerprint,

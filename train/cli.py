@@ -19,6 +19,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--address", default=None,
                         help="Ray address (default: $RAY_ADDRESS, the job's cluster, or a local one)")
     parser.add_argument("--run-name", default=None, help="Ray Train run name (default: unique)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run named --run-name (or run.name) from its last checkpoint")
     parser.add_argument("--check", action="store_true",
                         help="validate config and data, print the plan, and exit without training")
     return parser.parse_args(argv)
@@ -27,7 +29,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg: TrainJobConfig = load_config(args.config, args.overrides)
+        overrides = [*args.overrides, *(["run.resume=true"] if args.resume else [])]
+        cfg: TrainJobConfig = load_config(args.config, overrides)
         return _run(cfg, args)
     except (ConfigError, ValueError, LookupError) as exc:  # user errors: message, no traceback
         print(f"error: {exc}", file=sys.stderr)

@@ -52,3 +52,14 @@ def trained(ray_cluster: None, tiny_job: TrainJobConfig):
     from maas.training import run_training
 
     return run_training(tiny_job, run_name="it-digits")
+
+
+@pytest.fixture(scope="session")
+def trained_text(ray_cluster: None, workspace: Path):
+    """The text classifier (tokenisation inside the model) on the generated reviews."""
+    from maas.training import run_training
+
+    job = load_config(REPO / "configs/train/reviews_text.yaml", [
+        f"registry.root={workspace / 'registry'}", f"run.storage_path={workspace / 'runs'}",
+        "training.epochs=3"])
+    return run_training(job, run_name="it-reviews")

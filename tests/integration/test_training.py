@@ -27,7 +27,8 @@ def test_each_epoch_was_checkpointed_and_the_last_kept(trained, tiny_job) -> Non
     assert len(checkpoints) == tiny_job.run.checkpoints_to_keep
     latest = checkpoints[-1]
     assert (latest / "model.keras").is_file()
-    assert json.loads((latest / "state.json").read_text()) == {"epoch": 3}
+    state = json.loads((latest / "state.json").read_text())
+    assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
 
 
 def test_model_is_registered_with_full_metadata(trained, tiny_job) -> None:
@@ -41,7 +42,19 @@ def test_model_is_registered_with_full_metadata(trained, tiny_job) -> None:
     assert meta["schema"]["input_shape"] == [8, 8] and meta["schema"]["classes"] == list(range(10))
     assert meta["run_id"] == "it-digits"
     assert meta["lineage"]["data_source"] == "sklearn:digits"
-    registry.fetch(version)  # content hash holds
+    assert meta["training"]["samples_per_s"] > 0 and meta["training"]["train_time_s"] > 0
+    assert meta["training"]["global_batch_size"] == 64
+    confusion = np.asarray(meta["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == meta["lineage"]["split_sizes"]["test"]
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(meta["metrics"]["test_accuracy"])
+    local = registry.fetch(version)  # content hash holds
+    assert (local / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert [h["epoch"] for h in json.loads((local / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_text_classifier_trains_on_generated_reviews(trained_text) -> None:
+    assert trained_text.metrics["test_accuracy"] > 0.8
+    assert trained_text.version.metadata["schema"]["dtype"] == "string"
 
 
 def test_registered_model_reproduces_reported_test_accuracy(trained, tiny_job) -> None:

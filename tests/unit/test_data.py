@@ -127,3 +127,39 @@ def test_constant_features_get_unit_variance() -> None:
 def test_schema_round_trips_through_json_dict() -> None:
     schema = DataSchema(input_shape=(8, 8), classes=[0, 1], source="x")
     assert DataSchema.from_dict(schema.to_dict()) == schema
+
+
+def test_generated_reviews_are_text_with_two_classes() -> None:
+    splits = load_dataset(DataConfig(source="reviews"))
+    assert splits.schema.is_text and splits.schema.input_shape == ()
+    assert splits.schema.classes == ["negative", "positive"]
+    assert all(isinstance(t, str) and t for t in splits.x_train[:50])
+    np.testing.assert_array_equal(load_dataset(DataConfig(source="reviews")).x_test, splits.x_test)
+
+
+def test_text_column_from_csv(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"review": ["good", "bad", "fine", "awful"] * 10, "label": [1, 0, 1, 0] * 10}).to_csv(
+        path, index=False)
+    splits = load_dataset(DataConfig(source="csv", path=str(path), text_column="review"))
+    assert splits.schema.is_text and splits.schema.feature_names == ["review"]
+
+
+def test_empty_text_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"review": ["good", "", "fine", "x"], "label": [1, 0, 1, 0]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="text column 'review' has 1 empty values"):
+        load_dataset(DataConfig(source="csv", path=str(path), text_column="review"))
+
+
+def test_declared_classes_fix_order_and_refuse_strangers(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    frame = pd.DataFrame({"a": np.arange(30.0), "label": [2, 1, 0] * 10})
+    frame.to_csv(path, index=False)
+    splits = load_dataset(DataConfig(source="csv", path=str(path), classes=[2, 1, 0, 3]))
+    assert splits.schema.classes == [2, 1, 0, 3]
+    assert splits.schema.num_classes == 4
+    frame.loc[5, "label"] = 7
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"1 row\(s\) have labels \['7'\] outside the declared data.classes"):
+        load_dataset(DataConfig(source="csv", path=str(path), classes=[0, 1, 2]))

@@ -66,3 +66,32 @@ def test_saved_model_reloads_in_safe_mode_from_another_thread(tmp_path) -> None:
         assert f.read(2) == b"PK"  # Keras v3 zip, not legacy HDF5
     x = np.random.rand(2, 5).astype("float32")
     np.testing.assert_allclose(np.asarray(load_model(path)(x)), np.asarray(model(x)), rtol=1e-6)
+
+
+TEXT = DataSchema(input_shape=(), classes=["neg", "pos"], dtype="string", source="test-text")
+TEXTS = np.array(["the film was good", "the film was not good", "awful service", "great food"] * 5)
+
+
+@pytest.mark.parametrize("encoder", ["conv", "lstm"])
+def test_text_models_take_raw_strings(encoder: str) -> None:
+    cfg = ModelConfig(type="text", text_encoder=encoder, vocab_size=50, sequence_length=8,
+                      embedding_dim=4, conv_filters=[4], lstm_units=[4], hidden_units=[4])
+    model = build_model(cfg, TEXT, None, None, TEXTS)
+    assert model.get_layer("tokenize").vocabulary_size() <= 50
+    out = np.asarray(model(np.array(["good film", "unknown words here"]), training=False))
+    assert out.shape == (2, 2)
+
+
+def test_text_model_on_numbers_and_numbers_model_on_text_are_refused() -> None:
+    with pytest.raises(ModelConfigError, match="use model.type=text"):
+        check_compatible(ModelConfig(type="mlp"), TEXT)
+    with pytest.raises(ModelConfigError, match="use model.type=mlp or cnn"):
+        check_compatible(ModelConfig(type="text"), TABULAR)
+
+
+def test_linear_learning_rate_scaling() -> None:
+    from maas.models import effective_learning_rate
+
+    assert effective_learning_rate(OptimizerConfig(learning_rate=0.01), 4) == 0.01
+    scaled = OptimizerConfig(learning_rate=0.01, scale_lr_with_workers=True)
+    assert effective_learning_rate(scaled, 4) == pytest.approx(0.04)

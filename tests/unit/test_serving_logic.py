@@ -75,3 +75,12 @@ def test_app_config_validation() -> None:
     with pytest.raises(ConfigError, match=r"models\.0\.name"):
         validate_config(ServeAppConfig, {"models": [{"name": "../x"}]})
     assert ModelSettings().max_batch_size == 32
+
+
+TEXT = DataSchema(input_shape=(), classes=["negative", "positive"], dtype="string")
+
+
+def test_text_rows_must_be_strings() -> None:
+    assert to_batch(["good film", "bad film"], TEXT, 10).tolist() == ["good film", "bad film"]
+    with pytest.raises(RequestError, match="row 1 is int; this model takes one string per row"):
+        to_batch(["good", 3], TEXT, 10)

@@ -1,9 +1,21 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from maas.config import TrainJobConfig, validate_config
 from maas.data import load_dataset
 from maas.models import ModelConfigError
-from maas.training import TrainingInputError, check_job, progress_line, steps_per_epoch
+from maas.training import (
+    TrainingInputError,
+    check_capacity,
+    check_job,
+    choose_run_name,
+    confusion_matrix,
+    progress_line,
+    resolve_use_gpu,
+    steps_per_epoch,
+)
 
 
 def test_steps_follow_the_smallest_shard() -> None:
@@ -33,3 +45,47 @@ def test_progress_line_is_readable() -> None:
                           "val_accuracy": 0.85, "epoch_time_s": 1.25, "samples_per_s": 1000}, 10)
     assert line == ("[train] epoch 3/10 loss=0.5000 accuracy=0.9000 val_loss=0.6000 "
                     "val_accuracy=0.8500 time=1.25s samples/s=1000")
+
+
+def test_capacity_check_names_what_is_missing() -> None:
+    job = _job(scaling={"num_workers": 3, "cpus_per_worker": 2})
+    with pytest.raises(TrainingInputError, match=r"need 6 CPU \(2 each\) but the cluster has 4"):
+        check_capacity(job, {"CPU": 4.0}, use_gpu=False)
+    check_capacity(job, {"CPU": 6.0}, use_gpu=False)
+    autoscaled = _job(scaling={"num_workers": 3, "cpus_per_worker": 2, "autoscaling": True})
+    check_capacity(autoscaled, {"CPU": 1.0}, use_gpu=False)
+
+
+def test_gpu_workers_ask_for_one_gpu_each() -> None:
+    job = _job(scaling={"num_workers": 2})
+    with pytest.raises(TrainingInputError, match="need 2 GPU"):
+        check_capacity(job, {"CPU": 8.0, "GPU": 1.0}, use_gpu=True)
+    custom = _job(scaling={"num_workers": 2, "resources_per_worker": {"CPU": 4, "GPU": 0.5}})
+    check_capacity(custom, {"CPU": 8.0, "GPU": 1.0}, use_gpu=True)
+
+
+def test_use_gpu_auto_follows_the_cluster() -> None:
+    assert resolve_use_gpu("auto", {"CPU": 2.0}) is False
+    assert resolve_use_gpu("auto", {"CPU": 2.0, "GPU": 4.0}) is True
+    assert resolve_use_gpu(False, {"GPU": 4.0}) is False
+    with pytest.raises(TrainingInputError, match="no GPUs"):
+        resolve_use_gpu(True, {"CPU": 2.0})
+
+
+def test_confusion_matrix_rows_are_true_classes() -> None:
+    matrix = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3)
+    assert matrix == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def test_reusing_a_run_name_needs_resume(tmp_path: Path) -> None:
+    (tmp_path / "nightly").mkdir()
+    job = _job(run={"name": "nightly", "storage_path": str(tmp_path)})
+    with pytest.raises(TrainingInputError, match="already exists.*--resume"):
+        choose_run_name(job)
+    resumed = _job(run={"name": "nightly", "storage_path": str(tmp_path), "resume": True})
+    assert choose_run_name(resumed) == "nightly"
+    missing = _job(run={"name": "other", "storage_path": str(tmp_path), "resume": True})
+    with pytest.raises(TrainingInputError, match="no run named 'other'"):
+        choose_run_name(missing)
+    fresh = _job(run={"storage_path": str(tmp_path)})
+    assert choose_run_name(fresh).startswith("digits_mlp-")
