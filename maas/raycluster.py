@@ -20,5 +20,5 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
         os.environ.setdefault(key, value)
     runtime_env = kwargs.pop("runtime_env", None) or {}
     env_vars = {**WORKER_ENV, **runtime_env.get("env_vars", {})}
-    ray.init(address=address, runtime_env={**runtime_env, "env_vars": env_vars},
-             log_to_driver=True, **kwargs)
+    kwargs.setdefault("log_to_driver", True)
+    ray.init(address=address, runtime_env={**runtime_env, "env_vars": env_vars}, **kwargs)

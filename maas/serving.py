@@ -4,6 +4,8 @@ validation, and a loaded model that answers stacked numpy batches.
 
 from __future__ import annotations
 
+import hmac
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,6 +33,11 @@ class ServeAppConfig(_Schema):
     registry_root: str | None = Field(None, description="Default: $MAAS_REGISTRY or ~/.maas/registry")
     models: list[ModelEndpoint] = Field(min_length=1)
     max_rows_per_request: int = Field(1024, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # API keys: listed here and/or in the environment variable named below (comma-separated).
+    # With none configured, predict is open; health and metadata stay open either way.
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_env: str = "MAAS_API_KEYS"
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServeAppConfig:
@@ -41,6 +48,24 @@ class ServeAppConfig(_Schema):
 
     def resolved_root(self) -> str:
         return self.registry_root or default_registry_root()
+
+    def resolved_api_keys(self) -> list[str]:
+        from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+        return [*self.api_keys, *from_env]
+
+
+def check_api_key(headers: dict[str, str], keys: list[str]) -> None:
+    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; 401 if absent, 403 if wrong."""
+    if not keys:
+        return
+    given = headers.get("x-api-key") or ""
+    authorization = headers.get("authorization") or ""
+    if not given and authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    if not given:
+        raise RequestError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'", 401)
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise RequestError("API key not accepted", 403)
 
 
 class ModelSettings(_Schema):
@@ -151,6 +176,101 @@ def _first_non_number(value: Any) -> Any:
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# Open Inference Protocol (V2): JSON tensors {name, shape, datatype, data}
+
+V2_NUMERIC = {"FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+              "UINT64"}
+
+
+def parse_v2_inputs(body: Any, schema: DataSchema) -> list[Any]:
+    """The rows of a V2 infer request, as nested lists for ``to_batch`` to validate."""
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+        raise RequestError("request body must be a JSON object with a non-empty 'inputs' list of tensors")
+    if len(body["inputs"]) != 1:
+        raise RequestError(f"this model has one input, 'inputs'; got {len(body['inputs'])} tensors")
+    tensor = body["inputs"][0]
+    if not isinstance(tensor, dict):
+        raise RequestError("each input tensor must be an object with name, shape, datatype and data")
+    missing = [key for key in ("name", "shape", "datatype", "data") if key not in tensor]
+    if missing:
+        raise RequestError(f"input tensor lacks {missing}; expected name, shape, datatype, data")
+    shape, datatype = tensor["shape"], tensor["datatype"]
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise RequestError(f"shape must be a list of non-negative integers, got {shape!r}")
+    wanted = "BYTES" if schema.is_text else "FP32 (or another numeric type)"
+    if (datatype == "BYTES") != schema.is_text or (datatype != "BYTES" and datatype not in V2_NUMERIC):
+        raise RequestError(f"datatype {datatype!r} does not fit this model; expected {wanted}")
+    expected = [-1, *schema.input_shape]
+    if list(shape[1:]) != list(schema.input_shape):
+        raise RequestError(f"shape {shape} does not fit this model's input shape {expected}")
+    flat = _flatten(tensor["data"])
+    count = int(np.prod(shape))
+    if len(flat) != count:
+        raise RequestError(f"data holds {len(flat)} values but shape {shape} needs {count}")
+    if schema.is_text:
+        return flat
+    return np.asarray(flat, dtype=object).reshape(shape).tolist() if count else []
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if all(not isinstance(item, list) for item in data):
+        return data
+    flat: list[Any] = []
+    for item in data:
+        flat.extend(_flatten(item))
+    return flat
+
+
+def v2_response(name: str, version: int, outputs: np.ndarray, request_id: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model_name": name,
+        "model_version": str(version),
+        "outputs": [{"name": "probabilities", "shape": list(outputs.shape), "datatype": "FP32",
+                     "data": outputs.reshape(-1)}],
+    }
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def v2_model_metadata(status: dict[str, Any]) -> dict[str, Any]:
+    schema = DataSchema.from_dict(status["schema"])
+    return {
+        "name": status["name"],
+        "versions": [str(status["version"])],
+        "platform": "tensorflow_keras",
+        "inputs": [{"name": "inputs", "datatype": "BYTES" if schema.is_text else "FP32",
+                    "shape": [-1, *schema.input_shape]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, schema.num_classes]}],
+    }
+
+
+def tf_serving_metadata(status: dict[str, Any]) -> dict[str, Any]:
+    """``GET /v1/models/{name}/metadata``: the serving_default signature, as TF Serving writes it."""
+    schema = DataSchema.from_dict(status["schema"])
+
+    def tensor(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
+        return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims],
+                                                 "unknown_rank": False}, "name": name}
+
+    signature = {
+        "inputs": {"inputs": tensor("serving_default_inputs:0",
+                                    "DT_STRING" if schema.is_text else "DT_FLOAT",
+                                    [-1, *schema.input_shape])},
+        "outputs": {"probabilities": tensor("StatefulPartitionedCall:0", "DT_FLOAT",
+                                            [-1, schema.num_classes])},
+        "method_name": "tensorflow/serving/predict",
+    }
+    return {
+        "model_spec": {"name": status["name"], "signature_name": "", "version": str(status["version"])},
+        "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
+        "classes": schema.classes,
+    }
+
+
 def split_batch(outputs: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
     """Undo the stacking of several requests' rows into one model call."""
     return np.split(outputs, np.cumsum(lengths)[:-1])
@@ -205,6 +325,7 @@ class LoadedModel:
             "schema": self.schema.to_dict(),
             "metrics": self.metadata.get("metrics", {}),
             "content_hash": self.metadata.get("content_hash"),
+            "labels": self.metadata.get("labels", []),
             "loaded_at": self.loaded_at,
         }
 

@@ -186,12 +186,18 @@ def _make_report_callback(rank: int, epochs: int, samples_per_epoch: int, start:
     class ReportCallback(keras().callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self._started = time.perf_counter()
+            self._trained = None
+
+        def on_test_begin(self, logs: Any = None) -> None:
+            # Validation starts: the training part of the epoch is over. samples/s counts only it.
+            self._trained = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            elapsed = time.perf_counter() - self._started
+            now = time.perf_counter()
+            train_time = (self._trained or now) - self._started
             metrics = {key: float(value) for key, value in (logs or {}).items()}
-            metrics.update(epoch=epoch + 1, epoch_time_s=elapsed,
-                           samples_per_s=samples_per_epoch / max(elapsed, 1e-9))
+            metrics.update(epoch=epoch + 1, epoch_time_s=now - self._started,
+                           samples_per_s=samples_per_epoch / max(train_time, 1e-9))
             history.append(metrics)
             _append_progress(run_dir, rank, {"epoch": epoch + 1, "pid": os.getpid(),
                                              "time": time.time()})
@@ -304,11 +310,12 @@ class TrainOutcome:
     version: Any  # maas.registry.ModelVersion
 
 
-def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False) -> Any:
+def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False,
+                  storage_path: str | None = None, callbacks: list[Any] | None = None) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    storage = _absolute_storage(cfg.run.storage_path)
+    storage = _absolute_storage(storage_path or cfg.run.storage_path)
     return TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={"job": config_to_dict(cfg), "run_dir": f"{storage}/{run_name}",
@@ -323,6 +330,7 @@ def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False) -> 
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_to_keep),
+            callbacks=callbacks,
         ),
     )
 
@@ -368,28 +376,42 @@ def run_training(cfg: TrainJobConfig, run_name: str | None = None) -> TrainOutco
     if result.checkpoint is None:
         raise RuntimeError(f"training run '{run_name}' finished without a checkpoint")
     run_dir = f"{_absolute_storage(cfg.run.storage_path)}/{run_name}"
-    version = _publish(cfg, splits, run_name, metrics, result.checkpoint, use_gpu)
+    history = metrics.pop("history", [])
+    confusion = metrics.pop("confusion_matrix", None)
+    with result.checkpoint.as_directory() as directory:
+        version = publish_model(cfg, splits, run_name, Path(directory), metrics, history, confusion,
+                                result.checkpoint.path, use_gpu)
     return TrainOutcome(run_name, run_dir, metrics, version)
 
 
-def _publish(cfg: TrainJobConfig, splits: Splits, run_name: str, metrics: dict[str, Any],
-             checkpoint: Any, use_gpu: bool) -> Any:
+def evaluate_checkpoint(checkpoint_dir: Path, splits: Splits) -> tuple[dict[str, float], list[list[int]]]:
+    """Test metrics of a saved model, computed here on the driver (used for tuning winners)."""
+    model = load_model(str(checkpoint_dir / MODEL_FILE))
+    x_test = _as_model_input(splits.x_test)
+    scores = model.evaluate(x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
+    predicted = np.asarray(model(x_test, training=False)).argmax(axis=1)
+    metrics = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"])}
+    return metrics, confusion_matrix(splits.y_test, predicted, splits.schema.num_classes)
+
+
+def publish_model(cfg: TrainJobConfig, splits: Splits, run_name: str, checkpoint_dir: Path,
+                  metrics: dict[str, Any], history: list[dict[str, Any]],
+                  confusion: list[list[int]] | None, checkpoint_path: str, use_gpu: bool,
+                  extra: dict[str, Any] | None = None) -> Any:
+    """Register a checkpoint's model with its report files (learning curve, confusion matrix)."""
     from maas.registry import Registry
     from maas.reports import write_learning_curve
 
-    history = metrics.pop("history", [])
-    confusion = metrics.pop("confusion_matrix", None)
-    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as staged:
-        Path(staged, MODEL_FILE).write_bytes(Path(directory, MODEL_FILE).read_bytes())
+    with tempfile.TemporaryDirectory() as staged:
+        Path(staged, MODEL_FILE).write_bytes(Path(checkpoint_dir, MODEL_FILE).read_bytes())
         write_learning_curve(history, Path(staged, "learning_curve.png"), title=run_name)
         Path(staged, "confusion_matrix.json").write_text(json.dumps(
             {"classes": splits.schema.classes, "rows_true_columns_predicted": confusion}))
         Path(staged, "history.json").write_text(json.dumps(history))
-        return Registry(cfg.registry.root).publish(
-            cfg.registry.model_name, staged,
-            _version_metadata(cfg, splits, run_name, metrics, history, confusion, checkpoint.path,
-                              use_gpu),
-        )
+        metadata = _version_metadata(cfg, splits, run_name, metrics, history, confusion,
+                                     checkpoint_path, use_gpu)
+        return Registry(cfg.registry.root).publish(cfg.registry.model_name, staged,
+                                                   {**metadata, **(extra or {})})
 
 
 def _version_metadata(cfg: TrainJobConfig, splits: Splits, run_name: str,

@@ -1,10 +1,12 @@
-"""The HTTP application: TensorFlow Serving REST routes over ``ModelServer`` deployments.
+"""The HTTP application: TensorFlow Serving REST (v1) and Open Inference Protocol (v2) routes over
+``ModelServer`` deployments, with API keys, request limits and metrics.
 
 ``build_app`` is the typed builder a Serve config file names (``import_path: serve.app:build_app``),
 so ``serve run`` and ``serve deploy`` work with the files in ``configs/serve/`` unchanged.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class.
+import time
 from typing import Any
 
 import orjson
@@ -18,27 +20,53 @@ from maas.config import validate_config
 from maas.serving import (
     RequestError,
     ServeAppConfig,
+    check_api_key,
     extract_rows,
     format_response,
+    parse_v2_inputs,
+    tf_serving_metadata,
     tf_serving_status,
+    v2_model_metadata,
+    v2_response,
 )
 from serve.deployments import ModelServer
 
-http = FastAPI(title="maas model server", description="TensorFlow Serving REST API over Ray Serve")
+ROW_BODY = {"type": "object", "properties": {
+    "instances": {"type": "array", "description": "row format: one entry per example"},
+    "inputs": {"description": "columnar format"}}}
+V2_TENSOR = {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string"}, "data": {"type": "array"}}}
+V2_BODY = {"type": "object", "required": ["inputs"], "properties": {
+    "id": {"type": "string"}, "inputs": {"type": "array", "items": V2_TENSOR}}}
 
 
-def json_response(body: Any, status: int = 200) -> Response:  # orjson: numpy-aware, fast
+def _body_spec(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+http = FastAPI(title="maas model server",
+               description="TensorFlow Serving REST (/v1) and Open Inference Protocol (/v2) over Ray Serve")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # orjson: numpy-aware and several times faster than the standard json module
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 def error_response(message: str, status: int) -> Response:
-    return json_response({"error": message}, status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return json_response({"error": message}, status, headers)
+
+
+def _v1_body(result: dict, fmt: Any) -> dict:
+    return format_response(result["outputs"], fmt)
 
 
 @http.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
-    # Keep TF Serving's error shape for anything FastAPI rejects before our code runs.
+    # Keep the protocols' error shape for anything FastAPI rejects before our code runs.
     problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
     return error_response(f"invalid request: {problems}", 400)
 
@@ -46,8 +74,21 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> Res
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(http)
 class Ingress:
-    def __init__(self, models: dict[str, DeploymentHandle]):
+    def __init__(self, models: dict[str, DeploymentHandle], config: dict[str, Any]):
+        from ray.util import metrics
+
         self.models = models
+        self.config = ServeAppConfig.model_validate(config)
+        self.api_keys = self.config.resolved_api_keys()
+        self.requests = metrics.Counter(
+            "maas_requests_total", "HTTP requests by model, version, status and route",
+            tag_keys=("model", "version", "status", "route"))
+        self.latency = metrics.Histogram(
+            "maas_request_latency_ms", "End-to-end request latency inside the server",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+            tag_keys=("model", "version"))
+
+    # --- plumbing --------------------------------------------------------------------------
 
     def _handle(self, name: str) -> DeploymentHandle:
         if name not in self.models:
@@ -55,34 +96,170 @@ class Ingress:
             raise RequestError(f"model '{name}' is not served here (served models: {served})", 404)
         return self.models[name]
 
+    async def _read_json(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        limit = self.config.max_body_bytes
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(f"request body of {declared} bytes is over the {limit}-byte limit", 413)
+        body = await request.body()
+        if len(body) > limit:
+            raise RequestError(f"request body of {len(body)} bytes is over the {limit}-byte limit", 413)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(f"request body is not valid JSON: {exc}") from None
+
+    async def _status(self, name: str, version: str | None = None, label: str | None = None) -> dict:
+        status = await self._handle(name).status.remote()
+        if version is not None and str(status["version"]) != version:
+            raise RequestError(f"model '{name}' version {version} is not served "
+                               f"(serving version {status['version']})", 404)
+        if label is not None and label not in status.get("labels", []):
+            raise RequestError(f"model '{name}' has no served version labelled '{label}' "
+                               f"(labels of version {status['version']}: {status.get('labels', [])})", 404)
+        return status
+
+    async def _predict(self, request: Request, name: str, route: str, parse: Any, respond: Any,
+                       version: str | None = None, label: str | None = None) -> Response:
+        started = time.perf_counter()
+        served_version = ""
+        try:
+            check_api_key(request.headers, self.api_keys)
+            handle = self._handle(name)
+            if version is not None or label is not None:
+                served_version = str((await self._status(name, version, label))["version"])
+            payload = await self._read_json(request)
+            rows, context = parse(payload)
+            result = await handle.infer.remote(rows)
+            if "error" in result:
+                raise RequestError(result["error"], result["status"])
+            served_version = str(result["version"])
+            response = json_response(respond(result, context))
+        except RequestError as exc:
+            response = error_response(str(exc), exc.status)
+        self._record(name, served_version, response.status_code, route, started)
+        return response
+
+    def _record(self, name: str, version: str, status: int, route: str, started: float) -> None:
+        model = name if name in self.models else "_unknown"  # bound the tag's values
+        tags = {"model": model, "version": version or "_none"}
+        self.requests.inc(tags={**tags, "status": str(status), "route": route})
+        self.latency.observe((time.perf_counter() - started) * 1000, tags=tags)
+
+    async def _guard(self, coroutine: Any) -> Response:
+        try:
+            return json_response(await coroutine)
+        except RequestError as exc:
+            return error_response(str(exc), exc.status)
+
+    # --- health ----------------------------------------------------------------------------
+
     @http.get("/healthz")
     async def healthz(self) -> Response:
         return json_response({"status": "ok", "models": sorted(self.models)})
 
+    # --- TensorFlow Serving REST (v1) ------------------------------------------------------
+
     @http.get("/v1/models/{name}")
     async def model_status(self, name: str) -> Response:
-        try:
-            status = await self._handle(name).status.remote()
-        except RequestError as exc:
-            return error_response(str(exc), exc.status)
-        return json_response(tf_serving_status(status["version"], status["state"]))
+        async def body() -> dict:
+            status = await self._status(name)
+            return tf_serving_status(status["version"], status["state"])
+        return await self._guard(body())
 
-    @http.post("/v1/models/{name}:predict")
+    @http.get("/v1/models/{name}/versions/{version}")
+    async def model_version_status(self, name: str, version: str) -> Response:
+        async def body() -> dict:
+            status = await self._status(name, version)
+            return tf_serving_status(status["version"], status["state"])
+        return await self._guard(body())
+
+    @http.get("/v1/models/{name}/metadata")
+    async def model_metadata(self, name: str) -> Response:
+        async def body() -> dict:
+            return tf_serving_metadata(await self._status(name))
+        return await self._guard(body())
+
+    @http.post("/v1/models/{name}:predict", openapi_extra=_body_spec(ROW_BODY))
     async def predict(self, name: str, request: Request) -> Response:
+        return await self._predict(request, name, "v1", extract_rows, _v1_body)
+
+    @http.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=_body_spec(ROW_BODY))
+    async def predict_version(self, name: str, version: str, request: Request) -> Response:
+        return await self._predict(request, name, "v1", extract_rows, _v1_body, version=version)
+
+    @http.post("/v1/models/{name}/labels/{label}:predict", openapi_extra=_body_spec(ROW_BODY))
+    async def predict_label(self, name: str, label: str, request: Request) -> Response:
+        return await self._predict(request, name, "v1", extract_rows, _v1_body, label=label)
+
+    # --- Open Inference Protocol (v2) ------------------------------------------------------
+
+    @http.get("/v2")
+    async def v2_server(self) -> Response:
+        return json_response({"name": "maas", "version": "0.1.0", "extensions": []})
+
+    @http.get("/v2/health/live")
+    async def v2_live(self) -> Response:
+        return json_response({"live": True})
+
+    @http.get("/v2/health/ready")
+    async def v2_ready(self) -> Response:
+        return json_response({"ready": True})
+
+    @http.get("/v2/models/{name}")
+    async def v2_metadata(self, name: str) -> Response:
+        async def body() -> dict:
+            return v2_model_metadata(await self._status(name))
+        return await self._guard(body())
+
+    @http.get("/v2/models/{name}/versions/{version}")
+    async def v2_version_metadata(self, name: str, version: str) -> Response:
+        async def body() -> dict:
+            return v2_model_metadata(await self._status(name, version))
+        return await self._guard(body())
+
+    @http.get("/v2/models/{name}/ready")
+    async def v2_model_ready(self, name: str) -> Response:
+        async def body() -> dict:
+            status = await self._status(name)
+            return {"name": name, "ready": status["state"] == "AVAILABLE"}
+        return await self._guard(body())
+
+    @http.get("/v2/models/{name}/versions/{version}/ready")
+    async def v2_version_ready(self, name: str, version: str) -> Response:
+        async def body() -> dict:
+            await self._status(name, version)
+            return {"name": name, "ready": True}
+        return await self._guard(body())
+
+    @http.post("/v2/models/{name}/infer", openapi_extra=_body_spec(V2_BODY))
+    async def v2_infer(self, name: str, request: Request) -> Response:
+        return await self._v2(request, name, None)
+
+    @http.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_body_spec(V2_BODY))
+    async def v2_infer_version(self, name: str, version: str, request: Request) -> Response:
+        return await self._v2(request, name, version)
+
+    async def _v2(self, request: Request, name: str, version: str | None) -> Response:
+        schema = (await self._guarded_schema(name))
+        if isinstance(schema, Response):
+            return schema
+
+        def parse(payload: Any) -> tuple[Any, Any]:
+            return parse_v2_inputs(payload, schema), payload.get("id")
+
+        def respond(result: dict, request_id: Any) -> dict:
+            return v2_response(name, result["version"], result["outputs"], request_id)
+
+        return await self._predict(request, name, "v2", parse, respond, version=version)
+
+    async def _guarded_schema(self, name: str) -> Any:
+        from maas.data import DataSchema
+
         try:
-            handle = self._handle(name)
-            body = await request.body()
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise RequestError(f"request body is not valid JSON: {exc}") from None
-            rows, fmt = extract_rows(payload)
+            return DataSchema.from_dict((await self._status(name))["schema"])
         except RequestError as exc:
             return error_response(str(exc), exc.status)
-        result = await handle.infer.remote(rows)
-        if "error" in result:
-            return error_response(result["error"], result["status"])
-        return json_response(format_response(result["outputs"], fmt))
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -94,4 +271,4 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         m.name: ModelServer.options(name=m.name).bind(m.name, root, config.max_rows_per_request)
         for m in config.models
     }
-    return Ingress.bind(handles)
+    return Ingress.bind(handles, config.model_dump(mode="json"))

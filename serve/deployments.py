@@ -19,6 +19,13 @@ class ModelServer:
     """Hosts one registered model; batches rows from concurrent requests into one model call."""
 
     def __init__(self, model_name: str, registry_root: str, max_rows_per_request: int):
+        from ray.util import metrics
+
+        self.batch_sizes = metrics.Histogram(
+            "maas_batch_size", "Rows per model call after batching",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], tag_keys=("model", "version"))
+        self.rows = metrics.Counter("maas_rows_predicted_total", "Rows predicted",
+                                    tag_keys=("model", "version"))
         self.model_name = model_name
         self.registry_root = registry_root
         self.max_rows = max_rows_per_request
@@ -48,6 +55,9 @@ class ModelServer:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         stacked = np.concatenate(batches) if len(batches) > 1 else batches[0]
+        tags = {"model": self.model_name, "version": str(self.loaded.version)}
+        self.batch_sizes.observe(len(stacked), tags=tags)
+        self.rows.inc(len(stacked), tags=tags)
         return split_batch(self.loaded.predict(stacked), [len(b) for b in batches])
 
     async def infer(self, rows: Any) -> dict[str, Any]:

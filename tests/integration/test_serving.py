@@ -87,3 +87,79 @@ def test_bad_requests_get_clear_4xx(endpoint, path, body, status, message) -> No
     assert reply.status_code == status
     assert message in reply.json()["error"]
     assert requests.get(f"{endpoint}/healthz", timeout=30).status_code == 200
+
+
+def test_tf_serving_metadata_and_version_routes(endpoint) -> None:
+    meta = requests.get(f"{endpoint}/v1/models/digits_mlp/metadata", timeout=30).json()
+    signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert [d["size"] for d in signature["inputs"]["inputs"]["tensor_shape"]["dim"]] == ["-1", "8", "8"]
+    assert requests.get(f"{endpoint}/v1/models/digits_mlp/versions/1", timeout=30).status_code == 200
+    body = {"instances": [np.zeros((8, 8)).tolist()]}
+    ok = requests.post(f"{endpoint}/v1/models/digits_mlp/versions/1:predict", json=body, timeout=30)
+    assert ok.status_code == 200
+    missing = requests.post(f"{endpoint}/v1/models/digits_mlp/versions/9:predict", json=body, timeout=30)
+    assert missing.status_code == 404 and "version 9 is not served" in missing.json()["error"]
+    label = requests.post(f"{endpoint}/v1/models/digits_mlp/labels/canary:predict", json=body, timeout=30)
+    assert label.status_code == 404 and "labelled 'canary'" in label.json()["error"]
+
+
+def test_open_inference_protocol(endpoint, tiny_job) -> None:
+    from maas.data import load_dataset
+
+    rows = load_dataset(tiny_job.data).x_test[:3]
+    assert requests.get(f"{endpoint}/v2/health/live", timeout=30).json() == {"live": True}
+    assert requests.get(f"{endpoint}/v2/health/ready", timeout=30).json() == {"ready": True}
+    assert requests.get(f"{endpoint}/v2/models/digits_mlp/ready", timeout=30).json()["ready"] is True
+    meta = requests.get(f"{endpoint}/v2/models/digits_mlp", timeout=30).json()
+    assert meta["inputs"][0]["shape"] == [-1, 8, 8] and meta["versions"] == ["1"]
+    request = {"id": "r1", "inputs": [{"name": "inputs", "shape": [3, 8, 8], "datatype": "FP32",
+                                       "data": rows.reshape(-1).tolist()}]}
+    reply = requests.post(f"{endpoint}/v2/models/digits_mlp/infer", json=request, timeout=30)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["id"] == "r1" and out["model_name"] == "digits_mlp" and out["model_version"] == "1"
+    tensor = out["outputs"][0]
+    served = np.asarray(tensor["data"]).reshape(tensor["shape"])
+    np.testing.assert_allclose(served, np.asarray(_local_model(tiny_job)(rows)), rtol=1e-4, atol=1e-6)
+    bad = requests.post(f"{endpoint}/v2/models/digits_mlp/infer", json={"inputs": []}, timeout=30)
+    assert bad.status_code == 400 and "inputs" in bad.json()["error"]
+
+
+def test_oversized_and_deeply_nested_bodies_are_4xx(endpoint) -> None:
+    nested = b"[" * 5000 + b"]" * 5000
+    reply = requests.post(f"{endpoint}/v1/models/digits_mlp:predict", data=nested, timeout=30)
+    assert reply.status_code == 400 and "not valid JSON" in reply.json()["error"]
+    huge = b'{"instances": [' + b"0," * 5_000_000 + b"0]}"
+    reply = requests.post(f"{endpoint}/v1/models/digits_mlp:predict", data=huge, timeout=60)
+    assert reply.status_code == 413 and "limit" in reply.json()["error"]
+    escaped = requests.post(f"{endpoint}/v1/models/..%2Fetc:predict", json={"instances": [[0]]}, timeout=30)
+    assert 400 <= escaped.status_code < 500
+    assert requests.get(f"{endpoint}/healthz", timeout=30).status_code == 200
+
+
+def test_openapi_describes_both_protocols(endpoint) -> None:
+    paths = requests.get(f"{endpoint}/openapi.json", timeout=30).json()["paths"]
+    assert "/v1/models/{name}:predict" in paths and "/v2/models/{name}/infer" in paths
+
+
+def test_api_keys_guard_predict_but_not_health(endpoint, tiny_job) -> None:
+    from ray import serve
+
+    from serve.app import build_app
+
+    app = build_app({"registry_root": tiny_job.registry.root, "models": [{"name": "digits_mlp"}],
+                     "api_keys": ["s3cret"]})
+    serve.run(app, name="secure", route_prefix="/secure")
+    try:
+        url = f"{endpoint}/secure"
+        body = {"instances": [np.zeros((8, 8)).tolist()]}
+        assert requests.post(f"{url}/v1/models/digits_mlp:predict", json=body, timeout=30).status_code == 401
+        wrong = requests.post(f"{url}/v1/models/digits_mlp:predict", json=body, timeout=30,
+                              headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403
+        right = requests.post(f"{url}/v1/models/digits_mlp:predict", json=body, timeout=30,
+                              headers={"X-API-Key": "s3cret"})
+        assert right.status_code == 200
+        assert requests.get(f"{url}/v2/health/ready", timeout=30).status_code == 200
+    finally:
+        serve.delete("secure")

@@ -7,10 +7,15 @@ from maas.serving import (
     ModelSettings,
     RequestError,
     ServeAppConfig,
+    check_api_key,
     extract_rows,
+    parse_v2_inputs,
     split_batch,
+    tf_serving_metadata,
     tf_serving_status,
     to_batch,
+    v2_model_metadata,
+    v2_response,
 )
 
 SCHEMA = DataSchema(input_shape=(3,), classes=[0, 1])
@@ -84,3 +89,53 @@ def test_text_rows_must_be_strings() -> None:
     assert to_batch(["good film", "bad film"], TEXT, 10).tolist() == ["good film", "bad film"]
     with pytest.raises(RequestError, match="row 1 is int; this model takes one string per row"):
         to_batch(["good", 3], TEXT, 10)
+
+
+def test_api_keys() -> None:
+    check_api_key({}, [])  # none configured: open
+    with pytest.raises(RequestError, match="missing API key") as missing:
+        check_api_key({}, ["k1"])
+    assert missing.value.status == 401
+    with pytest.raises(RequestError, match="not accepted") as wrong:
+        check_api_key({"authorization": "Bearer nope"}, ["k1"])
+    assert wrong.value.status == 403
+    check_api_key({"authorization": "Bearer k1"}, ["k1"])
+    check_api_key({"x-api-key": "k2"}, ["k1", "k2"])
+
+
+def test_api_keys_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAAS_API_KEYS", "a, b")
+    config = ServeAppConfig(models=[{"name": "m"}], api_keys=["c"])
+    assert config.resolved_api_keys() == ["c", "a", "b"]
+
+
+def test_v2_inputs_flat_or_nested() -> None:
+    tensor = {"name": "inputs", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}
+    assert parse_v2_inputs({"inputs": [tensor]}, SCHEMA) == [[1, 2, 3], [4, 5, 6]]
+    nested = {**tensor, "data": [[1, 2, 3], [4, 5, 6]]}
+    assert parse_v2_inputs({"inputs": [nested]}, SCHEMA) == [[1, 2, 3], [4, 5, 6]]
+    text = {"name": "inputs", "shape": [1], "datatype": "BYTES", "data": ["good"]}
+    assert parse_v2_inputs({"inputs": [text]}, TEXT) == ["good"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "non-empty 'inputs'"),
+    ({"inputs": [{"name": "x"}]}, "lacks \\['shape', 'datatype', 'data'\\]"),
+    ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "data": ["a"]}]}, "datatype 'BYTES'"),
+    ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, "input shape"),
+    ({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3]}]}, "needs 6"),
+    ({"inputs": [{"name": "x", "shape": "2x3", "datatype": "FP32", "data": []}]}, "shape must be"),
+])
+def test_v2_bad_requests(body: dict, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        parse_v2_inputs(body, SCHEMA)
+
+
+def test_v2_and_tf_serving_bodies() -> None:
+    out = v2_response("m", 3, np.ones((2, 2), dtype=np.float32), "req-1")
+    assert out["model_version"] == "3" and out["id"] == "req-1"
+    assert out["outputs"][0]["shape"] == [2, 2] and len(out["outputs"][0]["data"]) == 4
+    status = {"name": "m", "version": 3, "state": "AVAILABLE", "schema": SCHEMA.to_dict()}
+    assert v2_model_metadata(status)["inputs"][0] == {"name": "inputs", "datatype": "FP32", "shape": [-1, 3]}
+    signature = tf_serving_metadata(status)["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["outputs"]["probabilities"]["tensor_shape"]["dim"][1]["size"] == "2"

@@ -1,0 +1,372 @@
+"""Hyperparameter and architecture search: the sweep schema, the search space, the Tune trial
+(one Ray Train run per trial) and the results table and plot.
+
+A search space names the same dotted keys as a training config (``model.hidden_units``,
+``optimizer.learning_rate``), so searching an architecture is just searching more config fields.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from maas.config import (
+    ConfigError,
+    TrainJobConfig,
+    _nested,
+    _Schema,
+    config_to_dict,
+    deep_merge,
+    default_storage_path,
+    read_yaml,
+    validate_config,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+
+class LogUniform(_Schema):
+    type: Literal["loguniform"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LogUniform:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class Uniform(_Schema):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class IntRange(_Schema):
+    type: Literal["randint"]
+    low: int
+    high: int = Field(description="inclusive")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class Choice(_Schema):
+    type: Literal["choice"]
+    values: list[Any] = Field(min_length=1)
+
+
+Domain = Annotated[LogUniform | Uniform | IntRange | Choice, Field(discriminator="type")]
+
+
+class AshaSection(_Schema):
+    grace_period: int = Field(2, ge=1, description="epochs every trial gets before it can be stopped")
+    reduction_factor: float = Field(2, gt=1)
+
+
+class SearchSection(_Schema):
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: what the cluster fits")
+    algorithm: Literal["random", "optuna"] = "random"
+    scheduler: Literal["asha", "none"] = "asha"
+    asha: AshaSection = Field(default_factory=AshaSection)
+    seed: int = 0
+    space: dict[str, Domain] = Field(min_length=1)
+
+
+class TuneJobConfig(_Schema):
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    train_config: list[str] = Field(min_length=1, description="training YAML(s), relative to this file")
+    train_overrides: dict[str, Any] = Field(default_factory=dict)
+    storage_path: str = Field(default_factory=default_storage_path)
+    search: SearchSection
+
+
+def load_tune_config(path: str | Path, overrides: list[str] = ()) -> tuple[TuneJobConfig, TrainJobConfig]:
+    """The sweep config and its validated base training config. Every space key is checked
+    against the training schema by trying a sample value, before any trial starts."""
+    from maas.config import apply_overrides
+
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides)
+    tune_cfg: TuneJobConfig = validate_config(TuneJobConfig, raw, str(path))
+    base_raw: dict[str, Any] = {}
+    for name in tune_cfg.train_config:
+        base_raw = deep_merge(base_raw, read_yaml(path.parent / name))
+    base_raw = deep_merge(base_raw, tune_cfg.train_overrides)
+    base: TrainJobConfig = validate_config(TrainJobConfig, base_raw, f"{path} train_config")
+    for key, domain in tune_cfg.search.space.items():
+        _check_space_key(base_raw, key, domain, path)
+    return tune_cfg, base
+
+
+def _check_space_key(base_raw: dict[str, Any], key: str, domain: Any, path: Path) -> None:
+    samples = domain.values if isinstance(domain, Choice) else [domain.low, domain.high]
+    for value in samples:
+        try:
+            validate_config(TrainJobConfig, deep_merge(base_raw, _nested(key.split("."), value)))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: search.space.{key} = {value!r} is not a valid training "
+                              f"config value:\n{exc}") from None
+
+
+def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    """The training config of one trial: the base with the sampled dotted keys set."""
+    job = base
+    for key, value in sampled.items():
+        job = deep_merge(job, _nested(key.split("."), value))
+    return job
+
+
+def param_space(search: SearchSection) -> dict[str, Any]:
+    from ray import tune
+
+    def domain(d: Any) -> Any:
+        if isinstance(d, LogUniform):
+            return tune.loguniform(d.low, d.high)
+        if isinstance(d, Uniform):
+            return tune.uniform(d.low, d.high)
+        if isinstance(d, IntRange):
+            return tune.randint(d.low, d.high + 1)
+        return tune.choice(d.values)
+
+    return {key: domain(d) for key, d in search.space.items()}
+
+
+def concurrent_trials(search: SearchSection, base: TrainJobConfig, cluster_cpus: float) -> int:
+    if search.max_concurrent_trials:
+        return search.max_concurrent_trials
+    per_trial = base.scaling.num_workers * base.scaling.worker_resources(False).get("CPU", 1.0)
+    return max(1, int(cluster_cpus // per_trial))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial: one Ray Train run, metrics forwarded to Tune every epoch
+
+
+def run_trial(sampled: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> None:
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from maas.training import build_trainer
+
+    cfg = TrainJobConfig.model_validate(trial_config(base, sampled))
+    trial = ray.tune.get_context().get_trial_name()
+    trainer = build_trainer(cfg, trial, use_gpu=False, storage_path=f"{sweep_dir}/trials",
+                            callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def summarise(result_grid: Any, search: SearchSection, epochs: int) -> list[dict[str, Any]]:
+    """One row per trial: hyperparameters, final and best metric, epochs run, status."""
+    rows = []
+    for result in result_grid:
+        frame = result.metrics_dataframe
+        history = frame[search.metric].tolist() if frame is not None and search.metric in frame else []
+        best = (max if search.mode == "max" else min)(history) if history else math.nan
+        epochs_run = int(frame["epoch"].max()) if history else 0
+        status = "error" if result.error else ("completed" if epochs_run >= epochs else "stopped")
+        rows.append({
+            "trial": Path(result.path).name,
+            **{f"param.{k}": _cell(v) for k, v in (result.config or {}).items()},
+            f"final_{search.metric}": history[-1] if history else math.nan,
+            f"best_{search.metric}": best,
+            "epochs_run": epochs_run,
+            "status": status,
+            "checkpoint_path": (result.metrics or {}).get("checkpoint_path"),
+            "_history": history,
+            "_params": dict(result.config or {}),
+            "_epochs": _epoch_records(frame),
+        })
+    return rows
+
+
+def _epoch_records(frame: Any) -> list[dict[str, float]]:
+    if frame is None or "epoch" not in frame:
+        return []
+    columns = [c for c in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy") if c in frame]
+    return frame[columns].to_dict("records")
+
+
+def _cell(value: Any) -> Any:
+    return str(value) if isinstance(value, (list, dict)) else value
+
+
+def best_row(rows: list[dict[str, Any]], search: SearchSection) -> dict[str, Any]:
+    usable = [r for r in rows if r["checkpoint_path"] and not math.isnan(r[f"best_{search.metric}"])]
+    if not usable:
+        raise RuntimeError("no trial finished an epoch with a checkpoint; nothing to register")
+    key = f"final_{search.metric}"
+    return (max if search.mode == "max" else min)(usable, key=lambda r: r[key])
+
+
+def write_results(rows: list[dict[str, Any]], search: SearchSection, directory: Path) -> tuple[Path, Path]:
+    import pandas as pd
+
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    csv_path = directory / "results.csv"
+    table.sort_values(f"final_{search.metric}", ascending=search.mode == "min").to_csv(csv_path, index=False)
+    png_path = directory / "trials.png"
+    _plot_trials(rows, search, png_path)
+    return csv_path, png_path
+
+
+def _plot_trials(rows: list[dict[str, Any]], search: SearchSection, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 5))
+    best = best_row(rows, search)["trial"] if any(r["checkpoint_path"] for r in rows) else None
+    for row in rows:
+        history = row["_history"]
+        style = "-" if row["status"] == "completed" else ":"
+        width = 3 if row["trial"] == best else 1.2
+        axis.plot(range(1, len(history) + 1), history, style, linewidth=width, marker="o", markersize=3,
+                  label=f"{row['trial'][-5:]} ({row['status']})")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(search.metric)
+    axis.set_title(f"{search.metric} per epoch (dotted: stopped early, thick: best)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def sweep_dir(cfg: TuneJobConfig) -> str:
+    root = cfg.storage_path
+    if "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+    return f"{root}/{cfg.name}"
+
+
+def trial_resources() -> dict[str, float]:
+    # The trial function only drives its TensorflowTrainer; its workers ask for their own CPUs.
+    # Tune refuses 0 CPUs, so ask for a sliver.
+    return {"cpu": float(os.environ.get("MAAS_TRIAL_CPU", "0.01"))}
+
+
+def train_config_dict(base: TrainJobConfig) -> dict[str, Any]:
+    return config_to_dict(base)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+
+
+def run_sweep(cfg: TuneJobConfig, base: TrainJobConfig, resume: bool = False) -> dict[str, Any]:
+    """Search, write the results table and plot, register the best trial's model."""
+    import ray
+    from ray import tune
+
+    from maas.data import load_dataset
+    from maas.training import check_job
+
+    splits = load_dataset(base.data)  # bad data or config fails here, before any trial
+    check_job(base, splits)
+    directory = sweep_dir(cfg)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=config_to_dict(base), sweep_dir=directory),
+        trial_resources(),
+    )
+    exists = Path(directory).exists() if "://" not in directory else tune.Tuner.can_restore(directory)
+    if resume:
+        if not exists:
+            raise ConfigError(f"--resume: no sweep named '{cfg.name}' in {cfg.storage_path}")
+        tuner = tune.Tuner.restore(directory, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if exists:
+            raise ConfigError(f"a sweep named '{cfg.name}' already exists in {cfg.storage_path}: pass "
+                              "--resume to continue it, or set name to start a new one")
+        tuner = _new_tuner(cfg, base, trainable, ray.cluster_resources().get("CPU", 1.0))
+    grid = tuner.fit()
+    rows = summarise(grid, cfg.search, base.training.epochs)
+    csv_path, png_path = write_results(rows, cfg.search, _local_results_dir(directory, cfg))
+    best = best_row(rows, cfg.search)
+    version = _register_best(cfg, base, splits, best, rows)
+    return {"rows": rows, "best": best, "version": version, "csv": csv_path, "png": png_path}
+
+
+def _new_tuner(cfg: TuneJobConfig, base: TrainJobConfig, trainable: Any, cluster_cpus: float) -> Any:
+    from ray import tune
+
+    search = cfg.search
+    scheduler = None
+    if search.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base.training.epochs,
+                                  grace_period=min(search.asha.grace_period, base.training.epochs),
+                                  reduction_factor=search.asha.reduction_factor)
+    if search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=search.seed)
+    else:  # seeded, so two sweeps with the same seed try the same configurations
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=search.seed)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(search),
+        tune_config=tune.TuneConfig(
+            metric=search.metric, mode=search.mode, num_samples=search.num_samples,
+            scheduler=scheduler, search_alg=search_alg, time_budget_s=search.time_budget_s,
+            max_concurrent_trials=concurrent_trials(search, base, cluster_cpus),
+        ),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=str(Path(sweep_dir(cfg)).parent)
+                                  if "://" not in cfg.storage_path else cfg.storage_path),
+    )
+
+
+def _local_results_dir(directory: str, cfg: TuneJobConfig) -> Path:
+    return Path(directory) if "://" not in directory else Path.cwd() / f"{cfg.name}-results"
+
+
+def _register_best(cfg: TuneJobConfig, base: TrainJobConfig, splits: Any, best: dict[str, Any],
+                   rows: list[dict[str, Any]]) -> Any:
+    import pyarrow.fs as pafs
+
+    from maas.training import evaluate_checkpoint, publish_model
+
+    sampled = best["_params"]
+    trial_cfg = TrainJobConfig.model_validate(trial_config(config_to_dict(base), sampled))
+    with tempfile.TemporaryDirectory() as local:
+        source = best["checkpoint_path"]
+        fs, path = pafs.FileSystem.from_uri(source) if "://" in source else (pafs.LocalFileSystem(), source)
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        metrics, confusion = evaluate_checkpoint(Path(local), splits)
+        history = best["_epochs"]
+        extra = {"sweep": {"name": cfg.name, "trial": best["trial"], "hyperparameters": sampled,
+                           "metric": cfg.search.metric, "mode": cfg.search.mode,
+                           "trials": len(rows)}}
+        return publish_model(trial_cfg, splits, best["trial"], Path(local),
+                             {**metrics, f"best_{cfg.search.metric}": best[f"best_{cfg.search.metric}"]},
+                             history, confusion, source, use_gpu=False, extra=extra)
+

@@ -1,0 +1,63 @@
+"""A real sweep (each trial a Ray Train run) interrupted with Ctrl-C, then resumed with --resume."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from maas.registry import Registry
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def _any_trial_reported(sweep: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in sweep.glob("*/result.json"))
+
+
+def test_interrupted_sweep_resumes_and_registers_the_best(ray_cluster, workspace) -> None:
+    import ray
+
+    registry = workspace / "tune-registry"
+    env = {**os.environ, "MAAS_REGISTRY": str(registry), "RAY_AUTH_MODE": "disabled"}
+    command = [sys.executable, "-m", "tune", "--config", "configs/tune/smoke.yaml",
+               "--set", f"storage_path={workspace / 'sweeps'}",
+               "--address", ray.get_runtime_context().gcs_address]
+    sweep = workspace / "sweeps" / "digits-smoke"
+
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not _any_trial_reported(sweep) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    assert first.poll() is None, "the sweep ended before it could be interrupted"
+    first.send_signal(signal.SIGINT)  # what Ctrl-C does
+    first.communicate(timeout=180)
+    assert not (sweep / "results.csv").exists(), "the interrupted sweep should not have finished"
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 2 and "already exists" in again.stderr  # no accidental restart
+
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "[tune] best:" in resumed.stdout
+
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert len(rows) == 3
+    assert {r["status"] for r in rows} <= {"completed", "stopped"}
+    assert all(int(r["epochs_run"]) >= 1 for r in rows)
+    assert (sweep / "trials.png").read_bytes()[:4] == b"\x89PNG"
+
+    version = Registry(str(registry)).get("digits_tuned")
+    sweep_meta = version.metadata["sweep"]
+    assert sweep_meta["name"] == "digits-smoke" and sweep_meta["trials"] == 3
+    assert set(sweep_meta["hyperparameters"]) == {"optimizer.learning_rate", "model.hidden_units"}
+    best = max(rows, key=lambda r: float(r["final_val_accuracy"]))
+    assert sweep_meta["trial"] == best["trial"]
+    assert 0 < version.metadata["metrics"]["test_accuracy"] <= 1

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maas.config import ConfigError
+from maas.tuning import (
+    Choice,
+    SearchSection,
+    best_row,
+    concurrent_trials,
+    load_tune_config,
+    trial_config,
+    write_results,
+)
+from tests.conftest import REPO
+
+
+def _sweep(tmp_path: Path, space: dict, **search) -> Path:
+    config = {"name": "t", "train_config": [str(REPO / "configs/train/digits_mlp.yaml")],
+              "search": {"space": space, **search}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("name", ["digits.yaml", "smoke.yaml"])
+def test_shipped_sweeps_validate(name: str) -> None:
+    cfg, base = load_tune_config(REPO / "configs/tune" / name)
+    assert cfg.search.space and base.scaling.num_workers == 1
+
+
+def test_unknown_space_key_is_refused_before_any_trial(tmp_path: Path) -> None:
+    path = _sweep(tmp_path, {"model.hiden_units": {"type": "choice", "values": [[8]]}})
+    with pytest.raises(ConfigError, match=r"(?s)search.space.model.hiden_units.*unknown key"):
+        load_tune_config(path)
+
+
+def test_value_outside_the_training_schema_is_refused(tmp_path: Path) -> None:
+    path = _sweep(tmp_path, {"model.dropout": {"type": "uniform", "low": 0.5, "high": 1.5}})
+    with pytest.raises(ConfigError, match=r"model.dropout = 1.5 is not a valid"):
+        load_tune_config(path)
+
+
+@pytest.mark.parametrize("domain, message", [
+    ({"type": "choice", "values": []}, "at least 1 item"),
+    ({"type": "loguniform", "low": 0.1, "high": 0.01}, "must be below high"),
+    ({"type": "loguniform", "low": 0, "high": 0.01}, "greater than 0"),
+    ({"type": "normal", "mu": 0}, "type"),
+])
+def test_bad_domains(tmp_path: Path, domain: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_tune_config(_sweep(tmp_path, {"optimizer.learning_rate": domain}))
+
+
+def test_empty_space_and_unknown_search_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="space"):
+        load_tune_config(_sweep(tmp_path, {}))
+    with pytest.raises(ConfigError, match="num_sampels: unknown key"):
+        load_tune_config(_sweep(tmp_path, {"model.dropout": {"type": "choice", "values": [0.1]}},
+                                num_sampels=3))
+
+
+def test_trial_config_sets_dotted_keys() -> None:
+    job = trial_config({"model": {"type": "mlp", "dropout": 0.1}},
+                       {"model.dropout": 0.3, "optimizer.learning_rate": 0.01})
+    assert job == {"model": {"type": "mlp", "dropout": 0.3}, "optimizer": {"learning_rate": 0.01}}
+
+
+def test_concurrency_follows_free_cpus() -> None:
+    _, base = load_tune_config(REPO / "configs/tune/digits.yaml")
+    search = SearchSection(space={"model.dropout": Choice(type="choice", values=[0.1])})
+    assert concurrent_trials(search, base, cluster_cpus=4) == 4
+    assert concurrent_trials(search.model_copy(update={"max_concurrent_trials": 2}), base, 4) == 2
+
+
+def _row(trial: str, final: float, status: str = "completed", ckpt: str | None = "x") -> dict:
+    return {"trial": trial, "param.model.dropout": 0.1, "final_val_accuracy": final,
+            "best_val_accuracy": final, "epochs_run": 3 if status == "completed" else 1,
+            "status": status, "checkpoint_path": ckpt, "_history": [final / 2, final][: 2],
+            "_params": {}, "_epochs": []}
+
+
+def test_best_row_and_results_files(tmp_path: Path) -> None:
+    search = SearchSection(space={"model.dropout": Choice(type="choice", values=[0.1])})
+    rows = [_row("a", 0.8), _row("b", 0.95), _row("c", 0.5, "stopped"), _row("d", 0.99, ckpt=None)]
+    assert best_row(rows, search)["trial"] == "b"
+    csv_path, png_path = write_results(rows, search, tmp_path)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].startswith("trial,param.model.dropout,final_val_accuracy")
+    assert lines[1].startswith("d,") and len(lines) == 5
+    assert png_path.read_bytes()[:4] == b"\x89PNG"

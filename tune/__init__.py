@@ -1,0 +1,1 @@
+"""Tuning entry point: ``python -m tune --config configs/tune/digits.yaml``."""
