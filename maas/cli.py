@@ -22,11 +22,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     show = models.add_parser("show", help="a version's metadata as JSON")
     show.add_argument("name")
     show.add_argument("--version", default="latest", help="number, 'latest' or a label")
+    status = groups.add_parser("status", help="cluster resources, jobs and served models, on one screen")
+    status.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or auto)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.group == "status":
+        from maas.status import collect, render
+
+        print(render(collect(args.address)))
+        return 0
     registry = Registry(args.registry or default_registry_root())
     try:
         if args.action == "list":

@@ -7,9 +7,14 @@ A search space names the same dotted keys as a training config (``model.hidden_u
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -305,12 +310,50 @@ def run_sweep(cfg: TuneJobConfig, base: TrainJobConfig, resume: bool = False) ->
             raise ConfigError(f"a sweep named '{cfg.name}' already exists in {cfg.storage_path}: pass "
                               "--resume to continue it, or set name to start a new one")
         tuner = _new_tuner(cfg, base, trainable, ray.cluster_resources().get("CPU", 1.0))
-    grid = tuner.fit()
+    started = time.monotonic()
+    with _watch_ctrl_c() as ctrl_c:
+        grid = tuner.fit()
+    if ctrl_c() or _interrupted(grid, cfg.search, time.monotonic() - started):
+        # Ctrl-C / SIGTERM: Tune saved its state and returned early. Publishing a winner now would
+        # pick from a partial sweep, so stop here and let --resume finish it.
+        raise SweepInterrupted(
+            f"sweep '{cfg.name}' was interrupted with {grid.num_terminated + grid.num_errors} of "
+            f"{cfg.search.num_samples} trials finished; continue it with --resume")
     rows = summarise(grid, cfg.search, base.training.epochs)
     csv_path, png_path = write_results(rows, cfg.search, _local_results_dir(directory, cfg))
     best = best_row(rows, cfg.search)
     version = _register_best(cfg, base, splits, best, rows)
     return {"rows": rows, "best": best, "version": version, "csv": csv_path, "png": png_path}
+
+
+@contextlib.contextmanager
+def _watch_ctrl_c() -> Iterator[Callable[[], bool]]:
+    """Tell whether Tune stopped on Ctrl-C. Tune swaps in its own SIGINT handler for the run and
+    puts the previous one back only when the signal arrives; a run that ends normally leaves its
+    handler installed. So "the previous handler is back" means "interrupted"."""
+    no_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") != "0"
+    if no_handler or threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # Tune installs no handler here
+        return
+    before = signal.getsignal(signal.SIGINT)
+    interrupted = [False]
+    try:
+        yield lambda: interrupted[0]
+    finally:
+        interrupted[0] = signal.getsignal(signal.SIGINT) is before
+        signal.signal(signal.SIGINT, before)
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial finished; its state is saved for --resume."""
+
+
+def _interrupted(grid: Any, search: SearchSection, elapsed_s: float) -> bool:
+    finished = grid.num_terminated + grid.num_errors
+    if finished < len(grid):
+        return True  # trials left pending or paused
+    out_of_time = search.time_budget_s is not None and elapsed_s >= search.time_budget_s
+    return len(grid) < search.num_samples and not out_of_time
 
 
 def _new_tuner(cfg: TuneJobConfig, base: TrainJobConfig, trainable: Any, cluster_cpus: float) -> Any:

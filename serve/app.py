@@ -268,7 +268,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     config: ServeAppConfig = validate_config(ServeAppConfig, args, "serve application args")
     root = config.resolved_root()
     handles = {
-        m.name: ModelServer.options(name=m.name).bind(m.name, root, config.max_rows_per_request)
+        # A default user_config makes Serve call reconfigure(), where the model is loaded; the
+        # Serve config file's user_config for the deployment replaces it.
+        m.name: ModelServer.options(name=m.name, user_config={"version": "latest"}).bind(
+            m.name, root, config.max_rows_per_request)
         for m in config.models
     }
     return Ingress.bind(handles, config.model_dump(mode="json"))

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from maas.config import ConfigError
+from maas.tuning import SweepInterrupted, load_tune_config
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -23,8 +24,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from maas.tuning import load_tune_config
-
         cfg, base = load_tune_config(args.config, args.overrides)
         print(f"[tune] sweep '{cfg.name}': {cfg.search.num_samples} trials over "
               f"{', '.join(cfg.search.space)}; {cfg.search.algorithm} search, "
@@ -40,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(f"[tune] {exc}", file=sys.stderr)
+        return 130
     _print_summary(outcome, cfg)
     return 0
 

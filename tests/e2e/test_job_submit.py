@@ -26,7 +26,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A token-authenticated head node on free ports; SIGTERM to `ray start --block` stops
     exactly its processes (never a broad `ray stop`)."""
     work = tmp_path_factory.mktemp("e2e")
-    dashboard = free_port()
+    dashboard, metrics = free_port(), free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -34,13 +34,15 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         "MAAS_REGISTRY": str(work / "registry"),
         "MAAS_STORAGE": str(work / "runs"),
         "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}",
+        "METRICS_URL": f"http://127.0.0.1:{metrics}/metrics",
+        "WORK": str(work),
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
     command = [
         str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2",
         f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--metrics-export-port={free_port()}", "--include-dashboard=true",
+        f"--metrics-export-port={metrics}", "--include-dashboard=true",
         "--min-worker-port=20000", "--max-worker-port=20999",  # below the ephemeral range
     ]
     log = open(work / "ray.log", "w")
@@ -73,10 +75,14 @@ def _ray(env: dict[str, str], *args: str, timeout: int = 30) -> subprocess.Compl
                           text=True, timeout=timeout)
 
 
-def _submit(env: dict[str, str], *train_args: str) -> subprocess.CompletedProcess:
-    runtime_env = {"env_vars": {k: env[k] for k in ("MAAS_REGISTRY", "MAAS_STORAGE")}}
-    return _ray(env, "job", "submit", "--working-dir", ".", "--runtime-env-json",
-                json.dumps(runtime_env), "--", "python", "-m", "train", *train_args, timeout=600)
+def _runtime_env(env: dict[str, str]) -> str:
+    """The README recipe: pass the registry and storage locations as runtime env variables."""
+    return json.dumps({"env_vars": {k: env[k] for k in ("MAAS_REGISTRY", "MAAS_STORAGE")}})
+
+
+def _submit(env: dict[str, str], *train_args: str, module: str = "train") -> subprocess.CompletedProcess:
+    return _ray(env, "job", "submit", "--working-dir", ".", "--runtime-env-json", _runtime_env(env),
+                "--", "python", "-m", module, *train_args, timeout=600)
 
 
 def test_training_job_registers_a_model(head: dict[str, str]) -> None:
@@ -105,3 +111,76 @@ def test_unauthenticated_clients_are_refused(head: dict[str, str]) -> None:
     authorised = requests.get(f"{head['RAY_ADDRESS']}/api/jobs/", timeout=10,
                               headers={"Authorization": f"Bearer {head['RAY_AUTH_TOKEN']}"})
     assert authorised.status_code == 200
+
+
+def test_tuning_sweep_as_a_job(head: dict[str, str]) -> None:
+    result = _submit(head, "--config", "configs/tune/smoke.yaml", "--set", "search.num_samples=2",
+                     module="tune")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[tune] best:" in result.stdout
+    from maas.registry import Registry
+
+    assert Registry(head["MAAS_REGISTRY"]).get("digits_tuned").metadata["sweep"]["trials"] == 2
+
+
+def test_follow_and_stop_a_job(head: dict[str, str]) -> None:
+    submitted = _ray(head, "job", "submit", "--no-wait", "--submission-id", "long-sweep",
+                     "--working-dir", ".", "--runtime-env-json", _runtime_env(head), "--",
+                     "python", "-m", "train", "--config", "configs/train/digits_mlp.yaml",
+                     "--set", "training.epochs=500", "--set", "registry.model_name=long")
+    assert submitted.returncode == 0, submitted.stderr
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        logs = _ray(head, "job", "logs", "long-sweep").stdout
+        if "[train] epoch 1/500" in logs:
+            break
+        time.sleep(2)
+    assert "[train] epoch 1/500" in logs
+    assert _ray(head, "job", "stop", "long-sweep", timeout=120).returncode == 0
+    status = _ray(head, "job", "status", "long-sweep")
+    assert "stopped" in (status.stdout + status.stderr).lower()
+
+
+def test_deploy_as_a_job_then_metrics_reach_prometheus(head: dict[str, str]) -> None:
+    """`serve deploy` from a job, real traffic, then our metric names on the node's scrape port."""
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs/serve/digits.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["registry_root"] = head["MAAS_REGISTRY"]
+    path = Path(head["WORK"]) / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    deployed = _ray(head, "job", "submit", "--working-dir", ".", "--", "serve", "deploy", str(path),
+                    "--address", head["RAY_ADDRESS"], timeout=300)
+    assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+    url = f"http://127.0.0.1:{port}/v1/models/digits_mlp"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(2)
+    body = {"instances": [[[0.0] * 8] * 8]}
+    for _ in range(20):
+        assert requests.post(f"{url}:predict", json=body, timeout=30).status_code == 200
+    found: dict[str, float] = {}
+    deadline = time.time() + 90  # replicas push metrics every few seconds
+    while time.time() < deadline and len(found) < 3:
+        text = requests.get(head["METRICS_URL"], timeout=10).text
+        for name in ("ray_maas_requests_total", "ray_maas_rows_predicted_total", "ray_maas_batch_size_count"):
+            values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith(name + "{")]
+            if values and sum(values) > 0:
+                found[name] = sum(values)
+        time.sleep(3)
+    assert set(found) == {"ray_maas_requests_total", "ray_maas_rows_predicted_total",
+                          "ray_maas_batch_size_count"}, found
+    status = subprocess.run([str(BIN / "python"), "-m", "maas", "status"], env=head, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "digits_mlp" in status.stdout and "dashboard=" in status.stdout

@@ -163,3 +163,30 @@ def test_api_keys_guard_predict_but_not_health(endpoint, tiny_job) -> None:
         assert requests.get(f"{url}/v2/health/ready", timeout=30).status_code == 200
     finally:
         serve.delete("secure")
+
+
+def test_tampered_version_is_refused_and_the_old_one_keeps_serving(endpoint, tiny_job) -> None:
+    """Publish version 2 with a corrupted model file, then hand the running replica the new
+    user_config, exactly what Serve does on a `serve deploy` that changes only user_config."""
+    from pathlib import Path
+
+    from ray import serve
+
+    from maas.registry import Registry
+
+    registry = Registry(tiny_job.registry.root)
+    current = registry.get("digits_mlp", 1)
+    published = registry.publish("digits_mlp", Path(current.uri), {**current.metadata, "labels": []})
+    Path(published.uri, "model.keras").write_bytes(b"tampered")
+    handle = serve.get_deployment_handle("digits_mlp", app_name="maas")
+    try:
+        handle.reconfigure.remote({"version": published.version}).result(timeout_s=60)
+        body = {"instances": [np.zeros((8, 8)).tolist()]}
+        reply = requests.post(f"{endpoint}/v1/models/digits_mlp:predict", json=body, timeout=30)
+        assert reply.status_code == 200
+        status = requests.get(f"{endpoint}/v1/models/digits_mlp", timeout=30).json()
+        assert status["model_version_status"][0]["version"] == "1"
+        served = handle.status.remote().result(timeout_s=60)
+        assert "integrity check" in served["load_error"] and served["version"] == 1
+    finally:
+        Path(published.uri, "metadata.json").unlink()  # withdraw the bad version for later tests

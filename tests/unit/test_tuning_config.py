@@ -90,3 +90,16 @@ def test_best_row_and_results_files(tmp_path: Path) -> None:
     assert lines[0].startswith("trial,param.model.dropout,final_val_accuracy")
     assert lines[1].startswith("d,") and len(lines) == 5
     assert png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_is_told_apart_from_a_normal_end() -> None:
+    import signal
+
+    from maas.tuning import _watch_ctrl_c
+
+    with _watch_ctrl_c() as interrupted:
+        signal.signal(signal.SIGINT, lambda *_: None)  # Tune installs its handler and keeps it
+    assert interrupted() is False
+    with _watch_ctrl_c() as interrupted:
+        pass  # Tune's handler saw Ctrl-C and put the previous one back
+    assert interrupted() is True

@@ -1,0 +1,82 @@
+"""``python -m maas status``: one screen of what is running: cluster resources, jobs, served models."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def collect(address: str | None) -> dict[str, Any]:
+    import ray
+    from ray import serve
+    from ray.job_submission import JobSubmissionClient
+
+    from maas.raycluster import init_ray
+
+    if address is None and os.environ.get("RAY_ADDRESS", "").startswith("http"):
+        # RAY_ADDRESS names the dashboard (for `ray job`); a driver needs the cluster itself.
+        os.environ.pop("RAY_ADDRESS")
+    init_ray(address or "auto", logging_level="ERROR", log_to_driver=False)
+    context = ray.get_runtime_context()
+    dashboard = _dashboard_url()
+    jobs = JobSubmissionClient(dashboard).list_jobs() if dashboard else []
+    return {
+        "gcs": context.gcs_address,
+        "dashboard": dashboard,
+        "total": ray.cluster_resources(),
+        "available": ray.available_resources(),
+        "nodes": sum(1 for n in ray.nodes() if n["Alive"]),
+        "jobs": jobs,
+        "models": _served_models(serve),
+    }
+
+
+def _dashboard_url() -> str | None:
+    import ray
+
+    url = ray._private.worker.global_worker.node.address_info.get("webui_url")  # noqa: SLF001
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def _served_models(serve: Any) -> list[dict[str, Any]]:
+    try:
+        applications = serve.status().applications
+    except Exception:  # Serve not started on this cluster
+        return []
+    models = []
+    for app_name, app in applications.items():
+        for name, deployment in app.deployments.items():
+            if name == "Ingress":
+                continue
+            row = {"app": app_name, "model": name, "status": str(deployment.status.value),
+                   "replicas": sum(deployment.replica_states.values()) if deployment.replica_states else 0,
+                   "version": "-", "rate": None}
+            try:
+                status = serve.get_deployment_handle(name, app_name=app_name).status.remote().result(
+                    timeout_s=10)
+                row["version"] = status["version"]
+                row["rate"] = status["requests_last_minute"] / 60 * max(row["replicas"], 1)
+            except Exception:  # replica starting or failing: show the deployment state only
+                pass
+            models.append(row)
+    return models
+
+
+def render(info: dict[str, Any]) -> str:
+    total, available = info["total"], info["available"]
+    lines = [f"cluster  {info['gcs']}  nodes={info['nodes']}  dashboard={info['dashboard']}"]
+    for resource in ("CPU", "GPU", "memory"):
+        if resource in total:
+            used, whole = total[resource] - available.get(resource, 0), total[resource]
+            scale, unit = (1 / 2**30, " GiB") if resource == "memory" else (1, "")
+            lines.append(f"  {resource:<7} {used * scale:.1f}/{whole * scale:.1f}{unit} in use")
+    lines.append("jobs")
+    recent = sorted(info["jobs"], key=lambda j: j.start_time or 0, reverse=True)[:8]
+    lines += [f"  {(j.submission_id or j.job_id or '-'):<28} {str(j.status.value):<10} {j.entrypoint[:60]}"
+              for j in recent] or ["  none"]
+    lines.append("served models")
+    lines += [f"  {m['model']:<20} v{m['version']!s:<4} replicas={m['replicas']:<2} {m['status']:<10} "
+              f"~{m['rate']:.2f} req/s (last minute)" if m["rate"] is not None else
+              f"  {m['model']:<20} v{m['version']!s:<4} replicas={m['replicas']:<2} {m['status']}"
+              for m in info["models"]] or ["  none"]
+    return "\n".join(lines)
