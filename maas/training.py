@@ -182,6 +182,7 @@ def _make_report_callback(rank: int, epochs: int, samples_per_epoch: int, start:
     import ray.train
 
     history = list(start.history)
+    gauges = _epoch_gauges() if rank == 0 else {}
 
     class ReportCallback(keras().callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -207,11 +208,29 @@ def _make_report_callback(rank: int, epochs: int, samples_per_epoch: int, start:
                     state = {"epoch": epoch + 1, "history": history}
                     Path(directory, STATE_FILE).write_text(json.dumps(state))
                     print(progress_line(metrics, epochs), flush=True)
+                    _publish_gauges(gauges, metrics, ray.train.get_context().get_experiment_name())
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
                 else:
                     ray.train.report(metrics)
 
     return ReportCallback(), history
+
+
+GAUGED = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s")
+
+
+def _epoch_gauges() -> dict[str, Any]:
+    """Per-run training gauges for Prometheus and the dashboard's metrics views (rank 0 only)."""
+    from ray.util import metrics
+
+    return {name: metrics.Gauge(f"maas_train_{name}", f"training {name} of the latest epoch",
+                                tag_keys=("run",)) for name in GAUGED}
+
+
+def _publish_gauges(gauges: dict[str, Any], metrics: dict[str, float], run: str) -> None:
+    for name, gauge in gauges.items():
+        if name in metrics:
+            gauge.set(float(metrics[name]), tags={"run": run})
 
 
 def _filesystem(uri: str) -> tuple[Any, str]:

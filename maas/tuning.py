@@ -36,28 +36,24 @@ from maas.config import (
 # Schema
 
 
-class LogUniform(_Schema):
+class _Interval(_Schema):
+    @model_validator(mode="after")
+    def _ordered(self) -> _Interval:
+        if self.low >= self.high:  # type: ignore[attr-defined]
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")  # type: ignore[attr-defined]
+        return self
+
+
+class LogUniform(_Interval):
     type: Literal["loguniform"]
     low: float = Field(gt=0)
     high: float = Field(gt=0)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> LogUniform:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
 
-
-class Uniform(_Schema):
+class Uniform(_Interval):
     type: Literal["uniform"]
     low: float
     high: float
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Uniform:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        return self
 
 
 class IntRange(_Schema):
@@ -160,8 +156,11 @@ def param_space(search: SearchSection) -> dict[str, Any]:
 def concurrent_trials(search: SearchSection, base: TrainJobConfig, cluster_cpus: float) -> int:
     if search.max_concurrent_trials:
         return search.max_concurrent_trials
+    # Each running trial holds its workers' CPUs plus the sliver its driving function asks for; a
+    # trial admitted without room for its workers waits for them forever (its worker group
+    # cannot start while the other trials hold the CPUs), so count both.
     per_trial = base.scaling.num_workers * base.scaling.worker_resources(False).get("CPU", 1.0)
-    return max(1, int(cluster_cpus // per_trial))
+    return max(1, int(cluster_cpus // (per_trial + trial_resources()["cpu"])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +359,7 @@ def _new_tuner(cfg: TuneJobConfig, base: TrainJobConfig, trainable: Any, cluster
     from ray import tune
 
     search = cfg.search
+    limit = concurrent_trials(search, base, cluster_cpus)
     scheduler = None
     if search.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -374,14 +374,15 @@ def _new_tuner(cfg: TuneJobConfig, base: TrainJobConfig, trainable: Any, cluster
     else:  # seeded, so two sweeps with the same seed try the same configurations
         from ray.tune.search import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=search.seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: limit it here.
+        search_alg = BasicVariantGenerator(random_state=search.seed, max_concurrent=limit)
     return tune.Tuner(
         trainable,
         param_space=param_space(search),
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=search.mode, num_samples=search.num_samples,
             scheduler=scheduler, search_alg=search_alg, time_budget_s=search.time_budget_s,
-            max_concurrent_trials=concurrent_trials(search, base, cluster_cpus),
+            max_concurrent_trials=limit if search.algorithm == "optuna" else None,
         ),
         run_config=tune.RunConfig(name=cfg.name, storage_path=str(Path(sweep_dir(cfg)).parent)
                                   if "://" not in cfg.storage_path else cfg.storage_path),

@@ -70,7 +70,8 @@ def test_trial_config_sets_dotted_keys() -> None:
 def test_concurrency_follows_free_cpus() -> None:
     _, base = load_tune_config(REPO / "configs/tune/digits.yaml")
     search = SearchSection(space={"model.dropout": Choice(type="choice", values=[0.1])})
-    assert concurrent_trials(search, base, cluster_cpus=4) == 4
+    assert concurrent_trials(search, base, cluster_cpus=4) == 3  # 4 x (1 + 0.01) does not fit
+    assert concurrent_trials(search, base, cluster_cpus=2) == 1
     assert concurrent_trials(search.model_copy(update={"max_concurrent_trials": 2}), base, 4) == 2
 
 
