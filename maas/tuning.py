@@ -276,9 +276,6 @@ def trial_resources() -> dict[str, float]:
     return {"cpu": float(os.environ.get("MAAS_TRIAL_CPU", "0.01"))}
 
 
-def train_config_dict(base: TrainJobConfig) -> dict[str, Any]:
-    return config_to_dict(base)
-
 
 # ---------------------------------------------------------------------------------------------
 # The sweep
