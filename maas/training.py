@@ -380,12 +380,18 @@ def choose_run_name(cfg: TrainJobConfig, run_name: str | None = None) -> str:
     return name
 
 
-def run_training(cfg: TrainJobConfig, run_name: str | None = None) -> TrainOutcome:
-    """Validate data, config and cluster here; train on the cluster; evaluate; register."""
+def run_training(cfg: TrainJobConfig, run_name: str | None = None,
+                 splits: Splits | None = None) -> TrainOutcome:
+    """Validate data, config and cluster here; train on the cluster; evaluate; register.
+
+    ``splits``: the data set already loaded and checked by the caller (the CLI does, to print its
+    plan before Ray starts); otherwise it is loaded and checked here.
+    """
     import ray
 
-    splits = load_dataset(cfg.data)  # bad data fails here, before any worker starts
-    check_job(cfg, splits)
+    if splits is None:
+        splits = load_dataset(cfg.data)  # bad data fails here, before any worker starts
+        check_job(cfg, splits)
     cluster = ray.cluster_resources()
     use_gpu = resolve_use_gpu(cfg.scaling.use_gpu, cluster)
     check_capacity(cfg, cluster, use_gpu)

@@ -51,7 +51,7 @@ def _run(cfg: TrainJobConfig, args: argparse.Namespace) -> int:
     from maas.raycluster import init_ray
 
     init_ray(args.address)
-    outcome = run_training(cfg, run_name=args.run_name)
+    outcome = run_training(cfg, run_name=args.run_name, splits=splits)
     version = outcome.version
     print(f"[train] registered {version.name} version {version.version} at {version.uri}")
     print(f"[train] test_accuracy={outcome.metrics['test_accuracy']:.4f} "
