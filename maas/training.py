@@ -165,7 +165,7 @@ def _make_dataset_fn(x: np.ndarray, y: np.ndarray, batch: int, seed: int):
 
 def _append_progress(run_dir: str, rank: int, record: dict[str, Any]) -> None:
     """One line per rank per epoch beside the checkpoints: which process trained which epoch."""
-    fs, path = _filesystem(run_dir)
+    fs, path = filesystem_for(run_dir)
     fs.create_dir(f"{path}/{WORKERS_DIR}", recursive=True)
     target = f"{path}/{WORKERS_DIR}/progress-rank-{rank}.jsonl"
     previous = b""
@@ -233,7 +233,8 @@ def _publish_gauges(gauges: dict[str, Any], metrics: dict[str, float], run: str)
             gauge.set(float(metrics[name]), tags={"run": run})
 
 
-def _filesystem(uri: str) -> tuple[Any, str]:
+def filesystem_for(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path) for a local path or any filesystem URI (s3://, gs://, ...)."""
     import pyarrow.fs as pafs
 
     return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
@@ -241,7 +242,7 @@ def _filesystem(uri: str) -> tuple[Any, str]:
 
 def _write_worker_record(run_dir: str, record: dict[str, Any]) -> None:
     """One JSON per rank beside the run's checkpoints: what each worker actually trained on."""
-    fs, path = _filesystem(run_dir)
+    fs, path = filesystem_for(run_dir)
     fs.create_dir(f"{path}/{WORKERS_DIR}", recursive=True)
     with fs.open_output_stream(f"{path}/{WORKERS_DIR}/rank-{record['rank']}.json") as out:
         out.write(json.dumps(record).encode())
@@ -365,7 +366,7 @@ def choose_run_name(cfg: TrainJobConfig, run_name: str | None = None) -> str:
         if cfg.run.resume:
             raise TrainingInputError("run.resume=true needs run.name (the run to continue)")
         return default_run_name(cfg)
-    fs, path = _filesystem(f"{_absolute_storage(cfg.run.storage_path)}/{name}")
+    fs, path = filesystem_for(f"{_absolute_storage(cfg.run.storage_path)}/{name}")
     import pyarrow.fs as pafs
 
     exists = fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -394,13 +394,13 @@ def _register_best(cfg: TuneJobConfig, base: TrainJobConfig, splits: Any, best: 
                    rows: list[dict[str, Any]]) -> Any:
     import pyarrow.fs as pafs
 
-    from maas.training import evaluate_checkpoint, publish_model
+    from maas.training import evaluate_checkpoint, filesystem_for, publish_model
 
     sampled = best["_params"]
     trial_cfg = TrainJobConfig.model_validate(trial_config(config_to_dict(base), sampled))
     with tempfile.TemporaryDirectory() as local:
         source = best["checkpoint_path"]
-        fs, path = pafs.FileSystem.from_uri(source) if "://" in source else (pafs.LocalFileSystem(), source)
+        fs, path = filesystem_for(source)
         pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         metrics, confusion = evaluate_checkpoint(Path(local), splits)
         history = best["_epochs"]
