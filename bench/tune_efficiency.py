@@ -43,9 +43,8 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from maas.raycluster import init_ray
 
-    # Two logical CPUs per core and two trials at a time, as in tests/integration: with exactly
-    # one CPU per core, a trial's worker group sometimes never got its CPU after the previous
-    # trial finished (see the closing note of issue 4); epochs and accuracy are what we compare.
+    # Two logical CPUs per core and two trials side by side, each trial one worker of one CPU:
+    # on 2 cores that keeps both cores busy, as tests/integration does.
     init_ray("local", num_cpus=2 * os.cpu_count(), include_dashboard=False, logging_level="ERROR",
              log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:

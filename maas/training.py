@@ -31,6 +31,7 @@ from maas.tfkeras import keras, load_model, save_model, tensorflow
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 WORKERS_DIR = "workers"
+PLACEMENT_GROUP_KEY = "placement_group_id"  # reported each epoch beside the metrics
 
 
 class TrainingInputError(ValueError):
@@ -183,6 +184,7 @@ def _make_report_callback(rank: int, epochs: int, samples_per_epoch: int, start:
 
     history = list(start.history)
     gauges = _epoch_gauges() if rank == 0 else {}
+    placement_group = _current_placement_group_id()
 
     class ReportCallback(keras().callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -209,11 +211,23 @@ def _make_report_callback(rank: int, epochs: int, samples_per_epoch: int, start:
                     Path(directory, STATE_FILE).write_text(json.dumps(state))
                     print(progress_line(metrics, epochs), flush=True)
                     _publish_gauges(gauges, metrics, ray.train.get_context().get_experiment_name())
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                    ray.train.report({**metrics, PLACEMENT_GROUP_KEY: placement_group},
+                                     checkpoint=ray.train.Checkpoint.from_directory(directory))
                 else:
                     ray.train.report(metrics)
 
     return ReportCallback(), history
+
+
+def _current_placement_group_id() -> str:
+    """The worker group's placement group, reported so that a sweep driver can free it: when Tune
+    stops a trial it kills the trial's process, which takes the Train controller down before the
+    controller removes its placement group, and that group keeps its CPUs until the driver exits
+    (Ray's own cleaner for this needs the dashboard's state API)."""
+    from ray.util import get_current_placement_group
+
+    group = get_current_placement_group()
+    return group.id.hex() if group is not None else ""
 
 
 GAUGED = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "samples_per_s")

@@ -180,6 +180,42 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> 
     trainer.fit()
 
 
+def release_placement_group(last_result: dict[str, Any] | None) -> bool:
+    """Remove the worker-group placement group a finished trial reported, if it still exists.
+
+    Tune stops a trial (ASHA, or the trial reaching its last epoch) by ending the trial's
+    process; that takes the trial's Train controller down before it removes its placement group,
+    and Ray keeps such a group until the driver exits. Left alone, each stopped trial holds its
+    workers' CPUs and the next trials' worker groups wait forever for them."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    from maas.training import PLACEMENT_GROUP_KEY
+
+    group_id = (last_result or {}).get(PLACEMENT_GROUP_KEY)
+    if not group_id:
+        return False
+    group = PlacementGroup(PlacementGroupID.from_hex(group_id))
+    if ray.util.placement_group_table(group).get("state", "REMOVED") == "REMOVED":
+        return False  # the trial ended on its own and its controller cleaned up
+    remove_placement_group(group)
+    return True
+
+
+def _placement_group_releaser() -> Any:
+    from ray.tune import Callback
+
+    class ReleaseTrialPlacementGroups(Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            release_placement_group(trial.last_result)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            release_placement_group(trial.last_result)
+
+    return ReleaseTrialPlacementGroups()
+
+
 # ---------------------------------------------------------------------------------------------
 # Results
 
@@ -382,7 +418,8 @@ def _new_tuner(cfg: TuneJobConfig, base: TrainJobConfig, trainable: Any, cluster
             max_concurrent_trials=limit if search.algorithm == "optuna" else None,
         ),
         run_config=tune.RunConfig(name=cfg.name, storage_path=str(Path(sweep_dir(cfg)).parent)
-                                  if "://" not in cfg.storage_path else cfg.storage_path),
+                                  if "://" not in cfg.storage_path else cfg.storage_path,
+                                  callbacks=[_placement_group_releaser()]),
     )
 
 

@@ -73,3 +73,28 @@ def test_interrupted_sweep_resumes_and_registers_the_best(ray_cluster, workspace
     best = max(rows, key=lambda r: float(r["final_val_accuracy"]))
     assert sweep_meta["trial"] == best["trial"]
     assert 0 < version.metadata["metrics"]["test_accuracy"] <= 1
+
+
+def test_asha_sweep_frees_the_worker_groups_of_stopped_trials(ray_cluster, workspace) -> None:
+    """Tune ends a stopped trial's process, which kills its Train controller before the controller
+    removes its placement group. Unfreed, those groups hold the CPUs later trials wait for."""
+    import ray
+
+    from maas.tuning import load_tune_config, run_sweep
+
+    def live_groups() -> set[str]:
+        return {key for key, g in ray.util.placement_group_table().items() if g["state"] != "REMOVED"}
+
+    before = live_groups()
+    cfg, base = load_tune_config(REPO / "configs/tune/smoke.yaml", [
+        "name=asha-cleanup", f"storage_path={workspace / 'sweeps'}", "search.scheduler=asha",
+        "search.num_samples=4", "search.time_budget_s=300",
+        f"train_overrides.registry.root={workspace / 'asha-registry'}",
+    ])
+    outcome = run_sweep(cfg, base)
+
+    assert len(outcome["rows"]) == 4 and outcome["version"].version == 1
+    deadline = time.time() + 30  # Tune removes the trials' own groups as their actors end
+    while live_groups() - before and time.time() < deadline:
+        time.sleep(0.5)
+    assert live_groups() - before == set(), ray.util.placement_group_table()
