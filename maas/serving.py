@@ -8,10 +8,10 @@ import hmac
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from maas.config import default_registry_root
 from maas.data import DataSchema
@@ -21,37 +21,6 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 class _Schema(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ModelEndpoint(_Schema):
-    name: str = Field(pattern=MODEL_NAME_PATTERN)
-
-
-class ServeAppConfig(_Schema):
-    """The ``args`` of our application in a Serve config file."""
-
-    registry_root: str | None = Field(None, description="Default: $MAAS_REGISTRY or ~/.maas/registry")
-    models: list[ModelEndpoint] = Field(min_length=1)
-    max_rows_per_request: int = Field(1024, ge=1)
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    # API keys: listed here and/or in the environment variable named below (comma-separated).
-    # With none configured, predict is open; health and metadata stay open either way.
-    api_keys: list[str] = Field(default_factory=list)
-    api_keys_env: str = "MAAS_API_KEYS"
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> ServeAppConfig:
-        names = [m.name for m in self.models]
-        if len(names) != len(set(names)):
-            raise ValueError(f"model names must be unique, got {names}")
-        return self
-
-    def resolved_root(self) -> str:
-        return self.registry_root or default_registry_root()
-
-    def resolved_api_keys(self) -> list[str]:
-        from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
-        return [*self.api_keys, *from_env]
 
 
 def check_api_key(headers: dict[str, str], keys: list[str]) -> None:
@@ -68,12 +37,134 @@ def check_api_key(headers: dict[str, str], keys: list[str]) -> None:
         raise RequestError("API key not accepted", 403)
 
 
-class ModelSettings(_Schema):
-    """A model deployment's ``user_config``: changes apply live through ``reconfigure``."""
+LABEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"  # never all digits: a label is not a version
 
-    version: int | str = "latest"
+
+class VersionPolicy(_Schema):
+    """Which registered versions a model serves, as TensorFlow Serving's model_version_policy:
+    ``{latest: 2}`` (the two newest) or ``{specific: [3, 4]}``."""
+
+    latest: int | None = Field(None, ge=1, le=16)
+    specific: list[int] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        if (self.latest is None) == (self.specific is None):
+            raise ValueError("set exactly one of 'latest: N' or 'specific: [version, ...]'")
+        return self
+
+
+class ModelSettings(_Schema):
+    """A model deployment's ``user_config``: changes apply live through ``reconfigure``, on every
+    replica, without a restart."""
+
+    versions: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
+    # label -> version number or "latest". A labelled version is served even outside the policy.
+    labels: dict[Annotated[str, StringConstraints(pattern=LABEL_PATTERN)], int | Literal["latest"]] = (
+        Field(default_factory=dict))
+    # The label that answers requests naming no version; none: the newest version the policy picks.
+    default: str | None = Field(None, pattern=LABEL_PATTERN)
+    # Re-read the registry every this many seconds and swap to what the policy now picks; 0: only
+    # when user_config changes (`python -m maas serve refresh` bumps `refresh` for that).
+    poll_registry_s: float = Field(0, ge=0, le=86400)
+    refresh: int = 0
     max_batch_size: int = Field(32, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+
+
+class ModelEndpoint(_Schema):
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    # The deployment's starting user_config (see ModelSettings). In a Serve config file, the
+    # deployment's own `user_config` replaces it, and changes there apply live.
+    user_config: ModelSettings | None = None
+
+
+class ServeAppConfig(_Schema):
+    """The ``args`` of our application in a Serve config file."""
+
+    registry_root: str | None = Field(None, description="Default: $MAAS_REGISTRY or ~/.maas/registry")
+    models: list[ModelEndpoint] = Field(min_length=1)
+    max_rows_per_request: int = Field(1024, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # API keys: listed here and/or in the environment variable named below (comma-separated).
+    # With none configured, predict is open; health and metadata stay open either way.
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_env: str = "MAAS_API_KEYS"
+    # Seconds a client is told to wait (Retry-After) when a model's queue is full (503).
+    retry_after_s: float = Field(1.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServeAppConfig:
+        names = [m.name for m in self.models]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model names must be unique, got {names}")
+        return self
+
+    def resolved_root(self) -> str:
+        return self.registry_root or default_registry_root()
+
+    def resolved_api_keys(self) -> list[str]:
+        from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+        return [*self.api_keys, *from_env]
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """What a model deployment serves: versions (ascending), label map, the default version."""
+
+    versions: tuple[int, ...]
+    labels: dict[str, int]
+    default: int
+
+
+def plan_versions(name: str, settings: ModelSettings, registered: list[int],
+                  registry_labels: dict[int, list[str]] | None = None) -> ServingPlan:
+    """Resolve the policy and labels against the registry's versions. ``registry_labels`` are the
+    labels stored in the registry for the picked versions; labels in the config override them."""
+    if not registered:
+        raise LookupError(f"model '{name}' has no registered version")
+    registered = sorted(registered)
+    policy = settings.versions
+    if policy.latest is not None:
+        picked = registered[-policy.latest:]
+    else:
+        missing = sorted(set(policy.specific or []) - set(registered))
+        if missing:
+            raise LookupError(f"model '{name}' has no version {', '.join(map(str, missing))} "
+                              f"(registered: {registered})")
+        picked = sorted(set(policy.specific or []))
+    labels: dict[str, int] = {}
+    for version in picked:  # ascending: the newest version carrying a registry label keeps it
+        for label in (registry_labels or {}).get(version, []):
+            labels[label] = version
+    for label, target in settings.labels.items():
+        number = registered[-1] if target == "latest" else target
+        if number not in registered:
+            raise LookupError(f"label '{label}' of model '{name}' names version {number}, which is "
+                              f"not registered (registered: {registered})")
+        labels[label] = number
+    if settings.default is not None and settings.default not in labels:
+        raise LookupError(f"default label '{settings.default}' of model '{name}' names no version "
+                          f"(labels: {sorted(labels) or 'none'})")
+    default = labels[settings.default] if settings.default else picked[-1]
+    return ServingPlan(tuple(sorted({*picked, *labels.values()})), labels, default)
+
+
+def choose_version(name: str, plan: ServingPlan, version: str | None = None,
+                   label: str | None = None) -> int:
+    """The served version a request asks for: by number, by label, or the default."""
+    if version is not None:
+        if not version.isdigit() or int(version) not in plan.versions:
+            raise RequestError(f"model '{name}' version {version} is not served "
+                               f"(served versions: {', '.join(map(str, plan.versions))})", 404)
+        return int(version)
+    if label is not None:
+        if label not in plan.labels:
+            known = ", ".join(f"{k}={v}" for k, v in sorted(plan.labels.items())) or "none"
+            raise RequestError(f"model '{name}' has no served version labelled '{label}' "
+                               f"(labels: {known})", 404)
+        return plan.labels[label]
+    return plan.default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +331,7 @@ def v2_model_metadata(status: dict[str, Any]) -> dict[str, Any]:
     schema = DataSchema.from_dict(status["schema"])
     return {
         "name": status["name"],
-        "versions": [str(status["version"])],
+        "versions": [str(v) for v in status.get("served_versions", [status["version"]])],
         "platform": "tensorflow_keras",
         "inputs": [{"name": "inputs", "datatype": "BYTES" if schema.is_text else "FP32",
                     "shape": [-1, *schema.input_shape]}],
@@ -274,6 +365,28 @@ def tf_serving_metadata(status: dict[str, Any]) -> dict[str, Any]:
 def split_batch(outputs: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
     """Undo the stacking of several requests' rows into one model call."""
     return np.split(outputs, np.cumsum(lengths)[:-1])
+
+
+def predict_grouped(items: list[tuple[Any, np.ndarray]],
+                    observe: Any = None) -> list[np.ndarray]:
+    """One model call per distinct model in a batch of ``(model, rows)`` requests; outputs come
+    back in request order. A batch can mix versions (a request pinned to version 3 beside one for
+    the default), and a request keeps the model it was validated against even if a swap happens
+    while it waits. ``observe(model, rows_in_call)`` is told about each call (metrics)."""
+    groups: dict[int, list[int]] = {}
+    for index, (model, _) in enumerate(items):
+        groups.setdefault(id(model), []).append(index)
+    results: list[Any] = [None] * len(items)
+    for indices in groups.values():
+        model = items[indices[0]][0]
+        arrays = [items[i][1] for i in indices]
+        stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        if observe is not None:
+            observe(model, len(stacked))
+        outputs = split_batch(model.predict(stacked), [len(a) for a in arrays])
+        for i, output in zip(indices, outputs, strict=True):
+            results[i] = output
+    return results
 
 
 def format_response(outputs: np.ndarray, fmt: Format) -> dict[str, Any]:
@@ -330,13 +443,13 @@ class LoadedModel:
         }
 
 
-def tf_serving_status(version: int | None, state: str, error: str = "") -> dict[str, Any]:
-    """``GET /v1/models/{name}`` body, as TensorFlow Serving writes it."""
+def tf_serving_status(versions: list[tuple[int | None, str, str]]) -> dict[str, Any]:
+    """``GET /v1/models/{name}`` body, as TensorFlow Serving writes it: one entry per served
+    version, newest first; each entry is ``(version, state, error message)``."""
     return {
         "model_version_status": [{
             "version": str(version) if version is not None else "",
             "state": state,
             "status": {"error_code": "OK" if not error else "UNKNOWN", "error_message": error},
-        }]
+        } for version, state, error in sorted(versions, key=lambda v: -(v[0] or 0))]
     }
-

@@ -6,6 +6,7 @@ so ``serve run`` and ``serve deploy`` work with the files in ``configs/serve/`` 
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class.
+import math
 import time
 from typing import Any
 
@@ -14,16 +15,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from maas.config import validate_config
 from maas.serving import (
+    ModelEndpoint,
+    ModelSettings,
     RequestError,
     ServeAppConfig,
     check_api_key,
     extract_rows,
     format_response,
-    parse_v2_inputs,
     tf_serving_metadata,
     tf_serving_status,
     v2_model_metadata,
@@ -55,9 +58,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                     media_type="application/json", headers=headers)
 
 
-def error_response(message: str, status: int) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return json_response({"error": message}, status, headers)
+def error_response(message: str, status: int, retry_after_s: float | None = None) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return json_response({"error": message}, status, headers or None)
 
 
 def _v1_body(result: dict, fmt: Any) -> dict:
@@ -110,33 +115,35 @@ class Ingress:
             raise RequestError(f"request body is not valid JSON: {exc}") from None
 
     async def _status(self, name: str, version: str | None = None, label: str | None = None) -> dict:
-        status = await self._handle(name).status.remote()
-        if version is not None and str(status["version"]) != version:
-            raise RequestError(f"model '{name}' version {version} is not served "
-                               f"(serving version {status['version']})", 404)
-        if label is not None and label not in status.get("labels", []):
-            raise RequestError(f"model '{name}' has no served version labelled '{label}' "
-                               f"(labels of version {status['version']}: {status.get('labels', [])})", 404)
+        status = await self._handle(name).status.remote(version, label)
+        if "error" in status:
+            raise RequestError(status["error"], status["status"])
         return status
 
-    async def _predict(self, request: Request, name: str, route: str, parse: Any, respond: Any,
+    async def _predict(self, request: Request, name: str, route: str, respond: Any,
                        version: str | None = None, label: str | None = None) -> Response:
         started = time.perf_counter()
         served_version = ""
         try:
             check_api_key(request.headers, self.api_keys)
             handle = self._handle(name)
-            if version is not None or label is not None:
-                served_version = str((await self._status(name, version, label))["version"])
             payload = await self._read_json(request)
-            rows, context = parse(payload)
-            result = await handle.infer.remote(rows)
+            if route == "v1":
+                rows, context = extract_rows(payload)
+            else:  # the replica parses the tensor against the version's own schema
+                rows, context = payload, payload.get("id") if isinstance(payload, dict) else None
+            result = await handle.infer.remote(rows, route, version, label)
             if "error" in result:
                 raise RequestError(result["error"], result["status"])
             served_version = str(result["version"])
             response = json_response(respond(result, context))
         except RequestError as exc:
             response = error_response(str(exc), exc.status)
+        except BackPressureError as exc:
+            # The model's queue is full (max_queued_requests): say so and when to come back,
+            # instead of queueing without bound.
+            response = error_response(f"model '{name}' is overloaded: {exc.message}", exc.status_code,
+                                      retry_after_s=exc.retry_after_s or self.config.retry_after_s)
         self._record(name, served_version, response.status_code, route, started)
         return response
 
@@ -164,14 +171,21 @@ class Ingress:
     async def model_status(self, name: str) -> Response:
         async def body() -> dict:
             status = await self._status(name)
-            return tf_serving_status(status["version"], status["state"])
+            return tf_serving_status([(v, "AVAILABLE", "") for v in status["served_versions"]])
         return await self._guard(body())
 
     @http.get("/v1/models/{name}/versions/{version}")
     async def model_version_status(self, name: str, version: str) -> Response:
         async def body() -> dict:
             status = await self._status(name, version)
-            return tf_serving_status(status["version"], status["state"])
+            return tf_serving_status([(status["version"], status["state"], "")])
+        return await self._guard(body())
+
+    @http.get("/v1/models/{name}/labels/{label}")
+    async def model_label_status(self, name: str, label: str) -> Response:
+        async def body() -> dict:
+            status = await self._status(name, label=label)
+            return tf_serving_status([(status["version"], status["state"], "")])
         return await self._guard(body())
 
     @http.get("/v1/models/{name}/metadata")
@@ -182,15 +196,15 @@ class Ingress:
 
     @http.post("/v1/models/{name}:predict", openapi_extra=_body_spec(ROW_BODY))
     async def predict(self, name: str, request: Request) -> Response:
-        return await self._predict(request, name, "v1", extract_rows, _v1_body)
+        return await self._predict(request, name, "v1", _v1_body)
 
     @http.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=_body_spec(ROW_BODY))
     async def predict_version(self, name: str, version: str, request: Request) -> Response:
-        return await self._predict(request, name, "v1", extract_rows, _v1_body, version=version)
+        return await self._predict(request, name, "v1", _v1_body, version=version)
 
     @http.post("/v1/models/{name}/labels/{label}:predict", openapi_extra=_body_spec(ROW_BODY))
     async def predict_label(self, name: str, label: str, request: Request) -> Response:
-        return await self._predict(request, name, "v1", extract_rows, _v1_body, label=label)
+        return await self._predict(request, name, "v1", _v1_body, label=label)
 
     # --- Open Inference Protocol (v2) ------------------------------------------------------
 
@@ -241,25 +255,10 @@ class Ingress:
         return await self._v2(request, name, version)
 
     async def _v2(self, request: Request, name: str, version: str | None) -> Response:
-        schema = (await self._guarded_schema(name))
-        if isinstance(schema, Response):
-            return schema
-
-        def parse(payload: Any) -> tuple[Any, Any]:
-            return parse_v2_inputs(payload, schema), payload.get("id")
-
         def respond(result: dict, request_id: Any) -> dict:
             return v2_response(name, result["version"], result["outputs"], request_id)
 
-        return await self._predict(request, name, "v2", parse, respond, version=version)
-
-    async def _guarded_schema(self, name: str) -> Any:
-        from maas.data import DataSchema
-
-        try:
-            return DataSchema.from_dict((await self._status(name))["schema"])
-        except RequestError as exc:
-            return error_response(str(exc), exc.status)
+        return await self._predict(request, name, "v2", respond, version=version)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -270,8 +269,12 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     handles = {
         # A default user_config makes Serve call reconfigure(), where the model is loaded; the
         # Serve config file's user_config for the deployment replaces it.
-        m.name: ModelServer.options(name=m.name, user_config={"version": "latest"}).bind(
+        m.name: ModelServer.options(name=m.name, user_config=_user_config(m)).bind(
             m.name, root, config.max_rows_per_request)
         for m in config.models
     }
     return Ingress.bind(handles, config.model_dump(mode="json"))
+
+
+def _user_config(model: ModelEndpoint) -> dict[str, Any]:
+    return (model.user_config or ModelSettings()).model_dump(mode="json", exclude_none=True)

@@ -191,3 +191,70 @@ def test_deploy_as_a_job_then_metrics_reach_prometheus(head: dict[str, str]) -> 
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr[-2000:]
     assert "digits_mlp" in status.stdout and "dashboard=" in status.stdout
+
+
+def test_swap_and_rollback_commands_under_load(head: dict[str, str]) -> None:
+    """On the app `serve deploy` put up: register version 2, `python -m maas serve refresh`, then
+    `python -m maas serve rollback`, with traffic running the whole time; no request may fail."""
+    import threading
+
+    import yaml
+
+    from maas.registry import Registry
+
+    deployed = Path(head["WORK"]) / "serve.yaml"
+    assert deployed.exists(), "runs after test_deploy_as_a_job_then_metrics_reach_prometheus"
+    config = yaml.safe_load(deployed.read_text())
+    url = f"http://127.0.0.1:{config['http_options']['port']}/v2/models/digits_mlp/infer"
+    body = {"inputs": [{"name": "inputs", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}
+    answers: list[tuple[object, object]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    reply = session.post(url, json=body, timeout=30)
+                    answers.append((reply.status_code, reply.json().get("model_version")))
+                except requests.RequestException as exc:
+                    answers.append((type(exc).__name__, None))
+
+    def maas(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "python"), "-m", "maas", "serve", *args, "digits_mlp"],
+                              env=head, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    def wait_for(version: str) -> None:
+        deadline = time.time() + 90
+        while not any(v == version for _, v in answers[-10:]):
+            assert time.time() < deadline, f"version {version} never answered: {answers[-5:]}"
+            time.sleep(0.3)
+
+    registry = Registry(head["MAAS_REGISTRY"])
+    first = registry.get("digits_mlp")
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(str(first.version))
+        new = registry.publish("digits_mlp", Path(first.uri), {**first.metadata, "labels": []})
+        refreshed = maas("refresh")
+        assert refreshed.returncode == 0, refreshed.stderr
+        wait_for(str(new.version))
+        rolled = maas("rollback")
+        assert rolled.returncode == 0 and f'"specific": [{first.version}]' in rolled.stdout, rolled.stderr
+        wait_for(str(first.version))
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    failed = [a for a in answers if a[0] != 200]
+    assert not failed and len(answers) > 30, (failed[:5], len(answers))
+    versions = [v for _, v in answers]
+    last_new = len(versions) - 1 - versions[::-1].index(str(new.version))
+    assert set(versions[last_new + 1:]) == {str(first.version)}  # after rollback: only the old one
+    shown = maas("show")
+    assert shown.returncode == 0 and f'"specific": [{first.version}]' in shown.stdout
+    bad = subprocess.run([str(BIN / "python"), "-m", "maas", "serve", "rollback", "nope"], env=head,
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "serves no model 'nope'" in bad.stderr

@@ -180,7 +180,7 @@ def test_tampered_version_is_refused_and_the_old_one_keeps_serving(endpoint, tin
     Path(published.uri, "model.keras").write_bytes(b"tampered")
     handle = serve.get_deployment_handle("digits_mlp", app_name="maas")
     try:
-        handle.reconfigure.remote({"version": published.version}).result(timeout_s=60)
+        handle.reconfigure.remote({"versions": {"specific": [published.version]}}).result(timeout_s=60)
         body = {"instances": [np.zeros((8, 8)).tolist()]}
         reply = requests.post(f"{endpoint}/v1/models/digits_mlp:predict", json=body, timeout=30)
         assert reply.status_code == 200
@@ -190,3 +190,182 @@ def test_tampered_version_is_refused_and_the_old_one_keeps_serving(endpoint, tin
         assert "integrity check" in served["load_error"] and served["version"] == 1
     finally:
         Path(published.uri, "metadata.json").unlink()  # withdraw the bad version for later tests
+
+
+# --- versions, labels, swaps, autoscaling -------------------------------------------------------
+
+
+def _publish_copy(registry, version: int = 1):
+    from pathlib import Path
+
+    source = registry.get("digits_mlp", version)
+    return registry.publish("digits_mlp", Path(source.uri), {**source.metadata, "labels": []})
+
+
+class _Load:
+    """Steady single-row V2 traffic from a few threads; records every answer's status and version."""
+
+    def __init__(self, url: str, threads: int = 4):
+        import threading
+
+        self.url, self.answers, self.stop = url, [], threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.body = orjson.dumps({"inputs": [{"name": "inputs", "shape": [1, 8, 8], "datatype": "FP32",
+                                              "data": [0.0] * 64}]})
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                try:
+                    reply = session.post(self.url, data=self.body, timeout=30)
+                    version = reply.json().get("model_version") if reply.status_code == 200 else None
+                    self.answers.append((reply.status_code, version))
+                except requests.RequestException as exc:
+                    self.answers.append((type(exc).__name__, None))
+
+    def __enter__(self) -> "_Load":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def wait_for_version(self, version: str, timeout: float = 60) -> None:
+        import time
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(v == version for _, v in self.answers[-20:]):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"version {version} never answered; last: {self.answers[-5:]}")
+
+
+def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspace) -> None:
+    """Two versions served with a label; then, with traffic running, a new version is registered
+    (picked up by polling and swapped in), then a tampered one (refused: the good one keeps
+    serving). Every request during all of it must succeed."""
+    import time
+    from pathlib import Path
+
+    from ray import serve
+
+    from maas.registry import Registry
+    from serve.app import build_app
+
+    registry = Registry(str(workspace / "swap-registry"))
+    source = Registry(tiny_job.registry.root).get("digits_mlp", 1)
+    for _ in range(2):
+        registry.publish("digits_mlp", Path(source.uri), {**source.metadata, "labels": []})
+    settings = {"versions": {"latest": 2}, "labels": {"stable": 1}, "poll_registry_s": 0.5}
+    serve.run(build_app({"registry_root": registry.root_uri,
+                         "models": [{"name": "digits_mlp", "user_config": settings}]}),
+              name="versioned", route_prefix="/versioned")
+    url = f"{endpoint}/versioned"
+    try:
+        listed = requests.get(f"{url}/v1/models/digits_mlp", timeout=30).json()["model_version_status"]
+        assert [v["version"] for v in listed] == ["2", "1"]
+        assert requests.get(f"{url}/v1/models/digits_mlp/labels/stable", timeout=30).json()[
+            "model_version_status"][0]["version"] == "1"
+        assert requests.get(f"{url}/v2/models/digits_mlp", timeout=30).json()["versions"] == ["1", "2"]
+        body = {"inputs": [{"name": "inputs", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}
+        pinned = requests.post(f"{url}/v2/models/digits_mlp/versions/1/infer", json=body, timeout=30)
+        assert pinned.json()["model_version"] == "1"
+        row = {"instances": [np.zeros((8, 8)).tolist()]}
+        assert requests.post(f"{url}/v1/models/digits_mlp/labels/stable:predict", json=row,
+                             timeout=30).status_code == 200
+
+        with _Load(f"{url}/v2/models/digits_mlp/infer") as load:
+            load.wait_for_version("2")
+            _publish_copy(registry)  # version 3
+            load.wait_for_version("3")
+            tampered = _publish_copy(registry)  # version 4, corrupted after publishing
+            Path(tampered.uri, "model.keras").write_bytes(b"tampered")
+            deadline = time.time() + 30
+            handle = serve.get_deployment_handle("digits_mlp", app_name="versioned")
+            while not (handle.status.remote().result(timeout_s=30)["load_error"] or "").count("4"):
+                assert time.time() < deadline, "the tampered version was never tried"
+                time.sleep(0.3)
+            time.sleep(1)
+        statuses = {status for status, _ in load.answers}
+        versions = [v for _, v in load.answers]
+        assert statuses == {200}, [a for a in load.answers if a[0] != 200][:5]
+        assert len(load.answers) > 50 and "4" not in versions
+        assert versions.index("3") > versions.index("2") and versions[-1] == "3"
+        status = handle.status.remote().result(timeout_s=30)
+        assert "integrity check" in status["load_error"] and status["served_versions"] == [1, 2, 3]
+    finally:
+        serve.delete("versioned")
+
+
+def test_replicas_scale_up_under_load_and_back_down(endpoint, tiny_job) -> None:
+    import time
+
+    from ray import serve
+
+    from serve.app import Ingress
+    from serve.deployments import ModelServer
+
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                   "metrics_interval_s": 0.5, "look_back_period_s": 2, "upscale_delay_s": 1,
+                   "downscale_delay_s": 3}
+    model = ModelServer.options(name="digits_mlp", autoscaling_config=autoscaling,
+                                user_config={"max_batch_size": 1}).bind(
+        "digits_mlp", tiny_job.registry.root, 64)
+    config = {"registry_root": tiny_job.registry.root, "models": [{"name": "digits_mlp"}]}
+    serve.run(Ingress.bind({"digits_mlp": model}, config), name="scaling", route_prefix="/scaling")
+
+    def running() -> int:
+        states = serve.status().applications["scaling"].deployments["digits_mlp"].replica_states
+        return states.get("RUNNING", 0)
+
+    def wait_for(count: int, timeout: float) -> list[int]:
+        seen, deadline = [], time.time() + timeout
+        while time.time() < deadline:
+            seen.append(running())
+            if seen[-1] == count:
+                return seen
+            time.sleep(0.5)
+        raise AssertionError(f"never {count} running replicas; saw {seen[-10:]}")
+
+    try:
+        assert running() == 1
+        with _Load(f"{endpoint}/scaling/v2/models/digits_mlp/infer", threads=8) as load:
+            wait_for(2, timeout=90)
+        assert {status for status, _ in load.answers} == {200}
+        wait_for(1, timeout=90)  # load gone: back to min_replicas after the downscale delay
+    finally:
+        serve.delete("scaling")
+
+
+def test_a_full_queue_answers_503_with_retry_after(endpoint, tiny_job) -> None:
+    """Past max_queued_requests the model answers at once with 503 + Retry-After, never a hang."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serve.app import Ingress
+    from serve.deployments import ModelServer
+
+    # One request at a time, one queued, and batches that wait 2 s: concurrent requests overflow.
+    model = ModelServer.options(
+        name="digits_mlp", max_ongoing_requests=1, max_queued_requests=1,
+        user_config={"max_batch_size": 2, "batch_wait_timeout_s": 2.0}).bind(
+        "digits_mlp", tiny_job.registry.root, 64)
+    config = {"registry_root": tiny_job.registry.root, "models": [{"name": "digits_mlp"}],
+              "retry_after_s": 3}
+    serve.run(Ingress.bind({"digits_mlp": model}, config), name="tight", route_prefix="/tight")
+    body = {"instances": [np.zeros((8, 8)).tolist()]}
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda _: requests.post(
+                f"{endpoint}/tight/v1/models/digits_mlp:predict", json=body, timeout=60), range(8)))
+        codes = sorted(r.status_code for r in replies)
+        assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
+        refused = next(r for r in replies if r.status_code == 503)
+        assert refused.headers["Retry-After"] == "3" and "overloaded" in refused.json()["error"]
+    finally:
+        serve.delete("tight")

@@ -7,9 +7,13 @@ from maas.serving import (
     ModelSettings,
     RequestError,
     ServeAppConfig,
+    ServingPlan,
     check_api_key,
+    choose_version,
     extract_rows,
     parse_v2_inputs,
+    plan_versions,
+    predict_grouped,
     split_batch,
     tf_serving_metadata,
     tf_serving_status,
@@ -67,9 +71,86 @@ def test_split_batch_undoes_stacking() -> None:
 
 
 def test_tf_serving_status_shape() -> None:
-    body = tf_serving_status(3, "AVAILABLE")
-    assert body["model_version_status"][0] == {
+    body = tf_serving_status([(3, "AVAILABLE", ""), (4, "AVAILABLE", "")])
+    assert [entry["version"] for entry in body["model_version_status"]] == ["4", "3"]  # newest first
+    assert body["model_version_status"][1] == {
         "version": "3", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+
+
+def _settings(**values) -> ModelSettings:
+    return ModelSettings.model_validate(values)
+
+
+def test_version_policy_latest_and_specific() -> None:
+    assert plan_versions("m", _settings(), [1, 2, 3]) == ServingPlan((3,), {}, 3)
+    assert plan_versions("m", _settings(versions={"latest": 2}), [3, 1, 2]).versions == (2, 3)
+    assert plan_versions("m", _settings(versions={"latest": 5}), [1, 2]).versions == (1, 2)
+    plan = plan_versions("m", _settings(versions={"specific": [1, 3]}), [1, 2, 3])
+    assert plan.versions == (1, 3) and plan.default == 3
+    with pytest.raises(LookupError, match=r"no version 7 \(registered: \[1, 2, 3\]\)"):
+        plan_versions("m", _settings(versions={"specific": [7]}), [1, 2, 3])
+    with pytest.raises(LookupError, match="no registered version"):
+        plan_versions("m", _settings(), [])
+
+
+def test_labels_map_to_versions_and_bring_them_into_service() -> None:
+    settings = _settings(labels={"stable": 2, "canary": "latest"}, default="stable")
+    plan = plan_versions("m", settings, [1, 2, 3])
+    assert plan == ServingPlan((2, 3), {"stable": 2, "canary": 3}, 2)
+    # registry labels of picked versions count; the config's own labels win
+    plan = plan_versions("m", _settings(versions={"latest": 2}, labels={"stable": 1}), [1, 2, 3],
+                         {2: ["stable", "blue"], 3: ["green"]})
+    assert plan.labels == {"stable": 1, "blue": 2, "green": 3} and plan.versions == (1, 2, 3)
+    assert plan.default == 3  # a label-only version never becomes the default by accident
+    with pytest.raises(LookupError, match="label 'old' of model 'm' names version 9"):
+        plan_versions("m", _settings(labels={"old": 9}), [1, 2])
+    with pytest.raises(LookupError, match="default label 'stable' .* names no version"):
+        plan_versions("m", _settings(default="stable"), [1, 2])
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"versions": {}}, "exactly one of"),
+    ({"versions": {"latest": 1, "specific": [1]}}, "exactly one of"),
+    ({"versions": {"latest": 0}}, "greater than or equal to 1"),
+    ({"labels": {"123": 1}}, "pattern"),
+    ({"version": 3}, "version: unknown key"),
+    ({"poll_registry_s": -1}, "greater than or equal to 0"),
+])
+def test_model_settings_refuse_bad_values(values, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(ModelSettings, values)
+
+
+def test_requests_choose_a_served_version_by_number_label_or_default() -> None:
+    plan = ServingPlan((2, 3), {"stable": 2}, 3)
+    assert choose_version("m", plan) == 3
+    assert choose_version("m", plan, version="2") == 2
+    assert choose_version("m", plan, label="stable") == 2
+    with pytest.raises(RequestError, match=r"version 1 is not served \(served versions: 2, 3\)") as err:
+        choose_version("m", plan, version="1")
+    assert err.value.status == 404
+    with pytest.raises(RequestError, match=r"labelled 'canary' \(labels: stable=2\)"):
+        choose_version("m", plan, label="canary")
+    with pytest.raises(RequestError, match="not served"):
+        choose_version("m", plan, version="../2")
+
+
+class _FakeModel:
+    def __init__(self, scale: float):
+        self.scale, self.calls = scale, []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        return batch * self.scale
+
+
+def test_a_batch_mixing_versions_makes_one_call_per_version_in_request_order() -> None:
+    old, new = _FakeModel(1.0), _FakeModel(10.0)
+    items = [(old, np.ones((2, 1))), (new, np.ones((1, 1))), (old, np.full((3, 1), 2.0))]
+    seen = []
+    outputs = predict_grouped(items, lambda model, rows: seen.append((model.scale, rows)))
+    assert [o.ravel().tolist() for o in outputs] == [[1, 1], [10], [2, 2, 2]]
+    assert old.calls == [5] and new.calls == [1] and seen == [(1.0, 5), (10.0, 1)]
 
 
 def test_app_config_validation() -> None:

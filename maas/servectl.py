@@ -1,0 +1,190 @@
+"""Change what a running Serve application serves, the declarative way.
+
+``python -m maas serve versions|rollback|refresh|show`` reads the live Serve config from the Ray
+dashboard (the same API ``serve deploy`` uses, so the cluster's token authentication guards it),
+changes one model deployment's ``user_config`` and deploys it back. Serve then calls
+``reconfigure`` on every replica of that model, and on replicas started later: each loads and
+warms the versions now picked before they take traffic, and nothing restarts.
+
+The config edits are pure functions of dicts, unit-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from maas.config import validate_config
+from maas.serving import ModelSettings, ServeAppConfig, plan_versions
+
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+
+
+class ServeCtlError(RuntimeError):
+    """Something the user can fix: wrong app or model name, no version to roll back to, ..."""
+
+
+def parse_versions(text: str) -> dict[str, Any]:
+    """``latest``, ``latest:2`` or ``3,4`` -> a version policy."""
+    text = text.strip()
+    if text == "latest":
+        return {"latest": 1}
+    if text.startswith("latest:") and text[7:].isdigit() and int(text[7:]) >= 1:
+        return {"latest": int(text[7:])}
+    parts = [p.strip() for p in text.split(",")]
+    if parts and all(p.isdigit() for p in parts):
+        return {"specific": sorted({int(p) for p in parts})}
+    raise ServeCtlError(f"--versions {text!r}: expected 'latest', 'latest:N' or version numbers "
+                        "like '3' or '3,4'")
+
+
+def parse_label(text: str) -> tuple[str, int | str | None]:
+    """``stable=3``, ``canary=latest``, or ``stable=`` (remove the label)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ServeCtlError(f"--label {text!r}: expected NAME=VERSION, NAME=latest or NAME= (remove)")
+    if value == "":
+        return name, None
+    if value == "latest":
+        return name, value
+    if not value.isdigit():
+        raise ServeCtlError(f"--label {text!r}: the version must be a number or 'latest'")
+    return name, int(value)
+
+
+def live_config(details: dict[str, Any]) -> dict[str, Any]:
+    """The deployable Serve config (``serve deploy`` format) behind ``GET /api/serve/applications/``."""
+    applications = []
+    for name, app in (details.get("applications") or {}).items():
+        deployed = app.get("deployed_app_config")
+        if not deployed:
+            raise ServeCtlError(
+                f"application '{name}' was deployed from Python (serve.run), not from a config "
+                "file; redeploy it with `serve deploy configs/serve/<file>.yaml` to manage it here")
+        applications.append(deployed)
+    if not applications:
+        raise ServeCtlError("no Serve application is running on this cluster")
+    config: dict[str, Any] = {"applications": applications}
+    for key in ("proxy_location", "http_options"):
+        if details.get(key) is not None:
+            config[key] = details[key]
+    return config
+
+
+def _app(config: dict[str, Any], app_name: str) -> dict[str, Any]:
+    for app in config["applications"]:
+        if app.get("name") == app_name:
+            return app
+    names = ", ".join(a.get("name", "?") for a in config["applications"])
+    raise ServeCtlError(f"no application named '{app_name}' (running: {names}); pass --app")
+
+
+def model_settings(config: dict[str, Any], app_name: str, model: str) -> ModelSettings:
+    """The model deployment's current user_config (the builder's default if the file has none)."""
+    app = _app(config, app_name)
+    served = [m["name"] for m in (app.get("args") or {}).get("models", [])]
+    if model not in served:
+        raise ServeCtlError(f"application '{app_name}' serves no model '{model}' "
+                            f"(models: {', '.join(served) or 'none'})")
+    for deployment in app.get("deployments") or []:
+        if deployment.get("name") == model and deployment.get("user_config") is not None:
+            return validate_config(ModelSettings, deployment["user_config"], f"user_config of {model}")
+    return ModelSettings()
+
+
+def with_settings(config: dict[str, Any], app_name: str, model: str,
+                  changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` whose ``model`` deployment has ``changes`` merged into its
+    user_config; the result is validated, so a bad change never reaches the cluster."""
+    current = model_settings(config, app_name, model).model_dump(mode="json")
+    merged = {**current, **changes}
+    validate_config(ModelSettings, merged, f"user_config of {model}")
+    updated = copy.deepcopy(config)
+    app = _app(updated, app_name)
+    deployments = app.setdefault("deployments", [])
+    for deployment in deployments:
+        if deployment.get("name") == model:
+            deployment["user_config"] = merged
+            break
+    else:
+        deployments.append({"name": model, "user_config": merged})
+    return updated
+
+
+def registry_root(config: dict[str, Any], app_name: str) -> str:
+    args = _app(config, app_name).get("args") or {}
+    return ServeAppConfig.model_validate(args).resolved_root()
+
+
+def rollback_changes(settings: ModelSettings, registered: list[int], model: str,
+                     to: int | None = None) -> dict[str, Any]:
+    """Pin the model to the version before the one requests get now (or to ``to``). Pinning is
+    what makes it stick: with ``latest``, the next poll would swap the newer version back in."""
+    current = plan_versions(model, settings, registered).default
+    if to is None:
+        older = [v for v in registered if v < current]
+        if not older:
+            raise ServeCtlError(f"model '{model}' serves version {current}; no older version is "
+                                f"registered to roll back to (registered: {registered})")
+        to = older[-1]
+    elif to not in registered:
+        raise ServeCtlError(f"model '{model}' has no version {to} (registered: {registered})")
+    changes: dict[str, Any] = {"versions": {"specific": [to]}}
+    if settings.default is not None:  # the default label would still point at the new version
+        changes["default"] = None
+    return changes
+
+
+def dashboard_address(address: str | None) -> str:
+    address = address or os.environ.get("RAY_DASHBOARD_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address or not address.startswith(("http://", "https://")):
+        return DEFAULT_DASHBOARD
+    return address
+
+
+def apply(address: str | None, app_name: str, model: str, action: str,
+          changes: dict[str, Any] | None = None, to: int | None = None) -> dict[str, Any]:
+    """Read the live config, compute the change, deploy it; returns the new user_config."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from maas.registry import Registry
+
+    client = ServeSubmissionClient(dashboard_address(address))
+    config = live_config(client.get_serve_details())
+    settings = model_settings(config, app_name, model)
+    if action == "show":
+        return settings.model_dump(mode="json")
+    if action == "rollback":
+        registered = Registry(registry_root(config, app_name)).versions(model)
+        changes = rollback_changes(settings, registered, model, to)
+    elif action == "refresh":
+        changes = {"refresh": settings.refresh + 1}
+    updated = with_settings(config, app_name, model, changes or {})
+    client.deploy_applications(updated)
+    return model_settings(updated, app_name, model).model_dump(mode="json")
+
+
+def version_changes(versions: str | None, labels: list[str], default: str | None,
+                    poll_s: float | None, current: ModelSettings) -> dict[str, Any]:
+    """The user_config changes that ``python -m maas serve versions`` asks for."""
+    changes: dict[str, Any] = {}
+    if versions is not None:
+        changes["versions"] = parse_versions(versions)
+    if labels:
+        merged: dict[str, Any] = dict(current.labels)
+        for text in labels:
+            name, value = parse_label(text)
+            if value is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+        changes["labels"] = merged
+    if default is not None:
+        changes["default"] = default or None  # "" clears it
+    if poll_s is not None:
+        changes["poll_registry_s"] = poll_s
+    if not changes:
+        raise ServeCtlError("nothing to change: give --versions, --label, --default or --poll")
+    return changes
+

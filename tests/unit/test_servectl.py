@@ -1,0 +1,93 @@
+"""The config edits behind `python -m maas serve ...`, without a cluster."""
+
+import pytest
+
+from maas.config import ConfigError
+from maas.servectl import (
+    ServeCtlError,
+    live_config,
+    model_settings,
+    parse_label,
+    parse_versions,
+    rollback_changes,
+    version_changes,
+    with_settings,
+)
+from maas.serving import ModelSettings
+
+DETAILS = {
+    "proxy_location": "EveryNode",
+    "http_options": {"host": "127.0.0.1", "port": 8000},
+    "applications": {"maas": {"deployed_app_config": {
+        "name": "maas", "route_prefix": "/", "import_path": "serve.app:build_app",
+        "args": {"registry_root": "/r", "models": [{"name": "digits_mlp"}, {"name": "other"}]},
+        "deployments": [{"name": "Ingress", "num_replicas": 1},
+                        {"name": "digits_mlp", "user_config": {"versions": {"latest": 1},
+                                                               "max_batch_size": 16}}],
+    }}},
+}
+
+
+def test_versions_and_labels_parse() -> None:
+    assert parse_versions("latest") == {"latest": 1}
+    assert parse_versions("latest:3") == {"latest": 3}
+    assert parse_versions("4, 3") == {"specific": [3, 4]}
+    for bad in ("newest", "latest:0", "3,x", ""):
+        with pytest.raises(ServeCtlError, match="expected 'latest'"):
+            parse_versions(bad)
+    assert parse_label("stable=3") == ("stable", 3)
+    assert parse_label("canary=latest") == ("canary", "latest")
+    assert parse_label("old=") == ("old", None)
+    with pytest.raises(ServeCtlError, match="NAME=VERSION"):
+        parse_label("stable")
+
+
+def test_live_config_round_trips_the_deployed_files_and_refuses_python_apps() -> None:
+    config = live_config(DETAILS)
+    assert config["applications"][0]["import_path"] == "serve.app:build_app"
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8000}
+    with pytest.raises(ServeCtlError, match="deployed from Python"):
+        live_config({"applications": {"x": {"deployed_app_config": None}}})
+    with pytest.raises(ServeCtlError, match="no Serve application"):
+        live_config({"applications": {}})
+
+
+def test_changes_merge_into_one_deployment_and_are_validated() -> None:
+    config = live_config(DETAILS)
+    updated = with_settings(config, "maas", "digits_mlp", {"versions": {"specific": [2]}})
+    settings = model_settings(updated, "maas", "digits_mlp")
+    assert settings.versions.specific == [2] and settings.max_batch_size == 16  # rest kept
+    assert model_settings(config, "maas", "digits_mlp").versions.latest == 1  # input untouched
+    # a model without user_config in the file gets a deployment entry of its own
+    other = with_settings(config, "maas", "other", {"poll_registry_s": 5})
+    assert model_settings(other, "maas", "other").poll_registry_s == 5
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        with_settings(config, "maas", "digits_mlp", {"max_batch_size": 0})
+    with pytest.raises(ServeCtlError, match=r"serves no model 'nope' \(models: digits_mlp, other\)"):
+        with_settings(config, "maas", "nope", {})
+    with pytest.raises(ServeCtlError, match="no application named 'x'"):
+        with_settings(config, "x", "digits_mlp", {})
+
+
+def test_rollback_pins_the_version_before_the_default() -> None:
+    latest = ModelSettings()
+    assert rollback_changes(latest, [1, 2, 3], "m") == {"versions": {"specific": [2]}}
+    pinned = ModelSettings.model_validate({"versions": {"specific": [2]}})
+    assert rollback_changes(pinned, [1, 2, 3], "m") == {"versions": {"specific": [1]}}
+    assert rollback_changes(latest, [1, 2, 3], "m", to=1) == {"versions": {"specific": [1]}}
+    labelled = ModelSettings.model_validate({"labels": {"stable": 3}, "default": "stable"})
+    assert rollback_changes(labelled, [1, 2, 3], "m") == {"versions": {"specific": [2]}, "default": None}
+    with pytest.raises(ServeCtlError, match="no older version"):
+        rollback_changes(latest, [1], "m")
+    with pytest.raises(ServeCtlError, match="no version 9"):
+        rollback_changes(latest, [1, 2], "m", to=9)
+
+
+def test_version_command_changes() -> None:
+    current = ModelSettings.model_validate({"labels": {"stable": 1, "old": 1}})
+    changes = version_changes("latest:2", ["canary=latest", "old="], "stable", 10, current)
+    assert changes == {"versions": {"latest": 2}, "labels": {"stable": 1, "canary": "latest"},
+                       "default": "stable", "poll_registry_s": 10}
+    assert version_changes(None, [], "", None, current) == {"default": None}
+    with pytest.raises(ServeCtlError, match="nothing to change"):
+        version_changes(None, [], None, None, current)
