@@ -3,7 +3,10 @@ configs/serve/digits.yaml, one model replica) against the server a user would ot
 FastAPI + uvicorn process calling the model directly. Load: `wrk` (apt-get install wrk), 32
 connections, single-row then 64-row TF Serving requests.
 
-    .venv/bin/python bench/serve_load.py [--seconds 15] [--haproxy]
+    .venv/bin/python bench/serve_load.py [--seconds 15] [--rounds 2] [--haproxy]
+
+`--haproxy` starts Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_ENABLE_HA_PROXY=1, as
+`make demo` and cluster.yaml do.
 
 Last line: RESULT rps=.. base_rps=.. rps_ratio=.. p99_ms=.. rows_per_s=.. base_rows_per_s=.. rows_ratio=..
 (single-row figures first, then 64-row).
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +52,7 @@ import uvicorn
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="error")
 '''
 
-LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n'
+LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
 
 
 def free_port() -> int:
@@ -75,7 +79,10 @@ def run_wrk(url: str, body: str, seconds: int, work: Path) -> dict[str, float]:
     script = work / "post.lua"
     script.write_text(LUA.format(body=body))
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True)
+    out = out.stdout + out.stderr
+    if "unexpected symbol" in out or not re.search(r"Requests/sec", out):
+        raise RuntimeError(f"wrk failed:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {"rps": rps, "p50": _latency(out, "50%"), "p99": _latency(out, "99%"),
@@ -114,46 +121,63 @@ def start_ours(root: str, port: int, work: Path, haproxy: bool) -> subprocess.Po
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     if haproxy:
         env.update(RAY_SERVE_ENABLE_DIRECT_INGRESS="1", RAY_SERVE_ENABLE_HA_PROXY="1")
-    return subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(path)], env=env,
+    # --address local: a Ray of its own, never one whose address a previous `ray start` left behind
+    return subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", "--address", "local",
+                             str(path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def measure(start: Any, one: str, many: str, seconds: int, work: Path) -> dict[str, dict[str, float]]:
+    port = free_port()
+    server = start(port)
+    url = f"http://127.0.0.1:{port}/v1/models/digits_mlp:predict"
+    try:
+        wait_ready(url, one)
+        run_wrk(url, one, 3, work)  # warm-up
+        return {"one": run_wrk(url, one, seconds, work), "many": run_wrk(url, many, seconds, work)}
+    finally:
+        os.killpg(server.pid, 2)
+        server.wait(timeout=120)
+
+
+def _mean(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    return {size: {key: float(np.mean([r[size][key] for r in rounds])) for key in rounds[0][size]}
+            for size in rounds[0]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--haproxy", action="store_true", help="Serve's HAProxy direct ingress")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements per server (averaged)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
     one = json.dumps({"instances": [np.random.rand(8, 8).round(3).tolist()]})
     many = json.dumps({"instances": np.random.rand(64, 8, 8).round(3).tolist()})
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {"baseline": [], "ours": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_file = publish_model(f"{tmp}/registry")
-        for name, start in (
-            ("baseline", lambda p: subprocess.Popen([sys.executable, "-c", BASELINE, model_file, str(p)],
-                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                    start_new_session=True)),
-            ("ours", lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy)),
-        ):
-            port = free_port()
-            server = start(port)
-            url = f"http://127.0.0.1:{port}/v1/models/digits_mlp:predict"
-            try:
-                wait_ready(url, one)
-                run_wrk(url, one, 3, work)  # warm-up
-                results[name] = {"one": run_wrk(url, one, args.seconds, work),
-                                 "many": run_wrk(url, many, args.seconds, work)}
-            finally:
-                os.killpg(server.pid, 2)
-                server.wait(timeout=120)
+        starters = {
+            "baseline": lambda p: subprocess.Popen([sys.executable, "-c", BASELINE, model_file, str(p)],
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                   start_new_session=True),
+            "ours": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy),
+        }
+        # Rounds in alternating order: this VM's speed drifts by tens of percent between minutes,
+        # and a ratio of two back-to-back measurements is what we trust.
+        for round_number in range(args.rounds):
+            order = ["baseline", "ours"] if round_number % 2 == 0 else ["ours", "baseline"]
+            for name in order:
+                runs[name].append(measure(starters[name], one, many, args.seconds, work))
+    results = {name: _mean(rounds) for name, rounds in runs.items()}
     print(f"\n{'server':<10} {'1-row req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'64-row req/s':>13} "
           f"{'rows/s':>9} {'p99 ms':>8} {'errors':>7}")
     for name, r in results.items():
         print(f"{name:<10} {r['one']['rps']:>12.0f} {r['one']['p50']:>8.1f} {r['one']['p99']:>8.1f} "
               f"{r['many']['rps']:>13.1f} {r['many']['rps'] * 64:>9.0f} {r['many']['p99']:>8.1f} "
-              f"{r['one']['errors'] + r['many']['errors']:>7}")
+              f"{r['one']['errors'] + r['many']['errors']:>7.0f}")
     ours, base = results["ours"], results["baseline"]
     print(f"RESULT rps={ours['one']['rps']:.0f} base_rps={base['one']['rps']:.0f} "
           f"rps_ratio={ours['one']['rps'] / base['one']['rps']:.2f} p99_ms={ours['one']['p99']:.1f} "

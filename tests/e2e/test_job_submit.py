@@ -36,11 +36,15 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}",
         "METRICS_URL": f"http://127.0.0.1:{metrics}/metrics",
         "WORK": str(work),
+        # as `make demo` and cluster.yaml start Ray: Serve behind its HAProxy ingress
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
+    gcs_port = free_port()
     command = [
         str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2",
-        f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+        f"--port={gcs_port}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
         f"--metrics-export-port={metrics}", "--include-dashboard=true",
         "--min-worker-port=20000", "--max-worker-port=20999",  # below the ephemeral range
@@ -58,6 +62,18 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+        _forget_address(gcs_port)
+
+
+def _forget_address(gcs_port: int) -> None:
+    """`ray start` records its address for later `ray.init()` / `serve run` calls to attach to;
+    stopped by signal it leaves the record behind, pointing at nothing. Remove ours only."""
+    record = Path("/tmp/ray/ray_current_cluster")
+    try:
+        if record.read_text().strip().endswith(f":{gcs_port}"):
+            record.unlink()
+    except OSError:
+        pass
 
 
 def _wait_for_dashboard(env: dict[str, str], process: subprocess.Popen) -> None:
