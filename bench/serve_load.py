@@ -110,7 +110,7 @@ def publish_model(root: str) -> str:
     return f"{version.uri}/model.keras"
 
 
-def start_ours(root: str, port: int, work: Path, haproxy: bool) -> subprocess.Popen:
+def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int) -> subprocess.Popen:
     import yaml
 
     config = yaml.safe_load((REPO / "configs/serve/digits.yaml").read_text())
@@ -118,7 +118,9 @@ def start_ours(root: str, port: int, work: Path, haproxy: bool) -> subprocess.Po
     config["applications"][0]["args"]["registry_root"] = root
     path = work / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # Ray starts worker processes at nice 15 by default; here wrk (nice 0) shares the 2 cores,
+    # so both servers run at the load generator's priority unless --worker-niceness says otherwise.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": str(niceness)}
     if haproxy:
         env.update(RAY_SERVE_ENABLE_DIRECT_INGRESS="1", RAY_SERVE_ENABLE_HA_PROXY="1")
     # --address local: a Ray of its own, never one whose address a previous `ray start` left behind
@@ -150,6 +152,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--haproxy", action="store_true", help="Serve's HAProxy direct ingress")
     parser.add_argument("--rounds", type=int, default=2, help="measurements per server (averaged)")
+    parser.add_argument("--worker-niceness", type=int, default=0,
+                        help="nice value of Ray's workers (Ray's own default: 15)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -163,7 +167,7 @@ def main() -> None:
             "baseline": lambda p: subprocess.Popen([sys.executable, "-c", BASELINE, model_file, str(p)],
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                                    start_new_session=True),
-            "ours": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy),
+            "ours": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy, args.worker_niceness),
         }
         # Rounds in alternating order: this VM's speed drifts by tens of percent between minutes,
         # and a ratio of two back-to-back measurements is what we trust.

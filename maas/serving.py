@@ -362,6 +362,22 @@ def tf_serving_metadata(status: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class CountBuffer:
+    """Counts by tag set, drained into a metrics Counter once a second instead of once per
+    request: a ``Counter.inc`` with tags took ~8% of the ingress's CPU under load."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[tuple[str, str], ...], int] = {}
+
+    def add(self, tags: dict[str, str], count: int = 1) -> None:
+        key = tuple(sorted(tags.items()))
+        self._counts[key] = self._counts.get(key, 0) + count
+
+    def drain(self) -> list[tuple[dict[str, str], int]]:
+        counts, self._counts = self._counts, {}
+        return [(dict(key), count) for key, count in counts.items()]
+
+
 def split_batch(outputs: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
     """Undo the stacking of several requests' rows into one model call."""
     return np.split(outputs, np.cumsum(lengths)[:-1])
@@ -421,14 +437,34 @@ class LoadedModel:
         loaded.predict(loaded.example_batch())  # warm-up: first call traces the graph
         return loaded
 
+    def __post_init__(self) -> None:
+        self._graph_call: Any = None
+
+    def _compiled(self) -> Any:
+        """The model as one traced graph for any batch size: a call costs ~0.4 ms instead of
+        ~1.5 ms for the eager layer-by-layer call (measured on this project's MLP, 1-32 rows)."""
+        if self._graph_call is None:
+            from maas.tfkeras import tensorflow
+
+            tf = tensorflow()
+            spec = tf.TensorSpec([None, *self.schema.input_shape],
+                                 tf.string if self.schema.is_text else tf.float32)
+            model = self.model
+
+            def call(batch: Any) -> Any:
+                return model(batch, training=False)
+
+            self._graph_call = tf.function(call, input_signature=[spec], autograph=False)
+        return self._graph_call
+
     def example_batch(self) -> np.ndarray:
         if self.schema.is_text:
             return np.array([""])
         return np.zeros((1, *self.schema.input_shape), dtype=np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        # Direct call, never model.predict(): predict() costs ~60 ms per call whatever the size.
-        return np.asarray(self.model(batch, training=False))
+        # Never model.predict(): it costs ~60 ms per call whatever the size.
+        return self._compiled()(batch).numpy()
 
     def status(self) -> dict[str, Any]:
         return {

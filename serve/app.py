@@ -6,6 +6,7 @@ so ``serve run`` and ``serve deploy`` work with the files in ``configs/serve/`` 
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class.
+import asyncio
 import math
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from maas.config import validate_config
 from maas.serving import (
+    CountBuffer,
     ModelEndpoint,
     ModelSettings,
     RequestError,
@@ -92,6 +94,8 @@ class Ingress:
             "maas_request_latency_ms", "End-to-end request latency inside the server",
             boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
             tag_keys=("model", "version"))
+        self.pending_counts = CountBuffer()
+        self._flusher: asyncio.Task | None = None
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -150,8 +154,22 @@ class Ingress:
     def _record(self, name: str, version: str, status: int, route: str, started: float) -> None:
         model = name if name in self.models else "_unknown"  # bound the tag's values
         tags = {"model": model, "version": version or "_none"}
-        self.requests.inc(tags={**tags, "status": str(status), "route": route})
+        self.pending_counts.add({**tags, "status": str(status), "route": route})
         self.latency.observe((time.perf_counter() - started) * 1000, tags=tags)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_counts_forever())
+
+    async def _flush_counts_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._flush_counts()
+
+    def _flush_counts(self) -> None:
+        for tags, count in self.pending_counts.drain():
+            self.requests.inc(count, tags=tags)
+
+    def __del__(self) -> None:  # Serve calls it on graceful shutdown: keep the last second's counts
+        self._flush_counts()
 
     async def _guard(self, coroutine: Any) -> Response:
         try:

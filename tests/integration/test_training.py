@@ -57,6 +57,18 @@ def test_text_classifier_trains_on_generated_reviews(trained_text) -> None:
     assert trained_text.version.metadata["schema"]["dtype"] == "string"
 
 
+def test_text_model_serves_raw_strings_through_the_compiled_call(trained_text, workspace) -> None:
+    from maas.serving import LoadedModel, to_batch
+
+    version = trained_text.version
+    loaded = LoadedModel.from_registry(str(workspace / "registry"), version.name, version.version)
+    reviews = ["a wonderful and moving film", "not good, a boring waste of time", "fine"]
+    served = loaded.predict(to_batch(reviews, loaded.schema, 10))
+    assert served.shape == (3, 2) and np.allclose(served.sum(axis=1), 1, atol=1e-5)
+    direct = np.asarray(loaded.model(np.array(reviews), training=False))
+    np.testing.assert_allclose(served, direct, rtol=1e-5, atol=1e-6)
+
+
 def test_registered_model_reproduces_reported_test_accuracy(trained, tiny_job) -> None:
     from maas.tfkeras import load_model
 

@@ -220,3 +220,15 @@ def test_v2_and_tf_serving_bodies() -> None:
     assert v2_model_metadata(status)["inputs"][0] == {"name": "inputs", "datatype": "FP32", "shape": [-1, 3]}
     signature = tf_serving_metadata(status)["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert signature["outputs"]["probabilities"]["tensor_shape"]["dim"][1]["size"] == "2"
+
+
+def test_request_counts_are_summed_per_tag_set_until_drained() -> None:
+    from maas.serving import CountBuffer
+
+    counts = CountBuffer()
+    counts.add({"model": "m", "status": "200"})
+    counts.add({"status": "200", "model": "m"}, 2)
+    counts.add({"model": "m", "status": "400"})
+    assert sorted(counts.drain(), key=lambda c: c[0]["status"]) == [
+        ({"model": "m", "status": "200"}, 3), ({"model": "m", "status": "400"}, 1)]
+    assert counts.drain() == []
