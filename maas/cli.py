@@ -104,8 +104,8 @@ def serve_command(args: argparse.Namespace) -> int:
             changes = version_changes(args.versions, args.label, args.default, args.poll,
                                       model_settings(config, args.app, args.model))
         settings = apply(args.address, args.app, args.model, args.action, changes,
-                         getattr(args, "to", None))
-    except (ServeCtlError, ConfigError, RegistryError) as exc:
+                         getattr(args, "to", None), args.registry)
+    except (ServeCtlError, ConfigError, LookupError) as exc:  # RegistryError is a LookupError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (ConnectionError, RuntimeError) as exc:  # dashboard unreachable or refused

@@ -112,9 +112,11 @@ def with_settings(config: dict[str, Any], app_name: str, model: str,
     return updated
 
 
-def registry_root(config: dict[str, Any], app_name: str) -> str:
+def registry_root(config: dict[str, Any], app_name: str, override: str | None = None) -> str:
+    """The registry the app reads: ``--registry``, else its ``registry_root`` arg, else this
+    shell's default ($MAAS_REGISTRY or ~/.maas/registry), which may differ from the cluster's."""
     args = _app(config, app_name).get("args") or {}
-    return ServeAppConfig.model_validate(args).resolved_root()
+    return override or ServeAppConfig.model_validate(args).resolved_root()
 
 
 def rollback_changes(settings: ModelSettings, registered: list[int], model: str,
@@ -144,7 +146,8 @@ def dashboard_address(address: str | None) -> str:
 
 
 def apply(address: str | None, app_name: str, model: str, action: str,
-          changes: dict[str, Any] | None = None, to: int | None = None) -> dict[str, Any]:
+          changes: dict[str, Any] | None = None, to: int | None = None,
+          registry: str | None = None) -> dict[str, Any]:
     """Read the live config, compute the change, deploy it; returns the new user_config."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
@@ -154,15 +157,19 @@ def apply(address: str | None, app_name: str, model: str, action: str,
     config = live_config(client.get_serve_details())
     settings = model_settings(config, app_name, model)
     if action == "show":
-        return settings.model_dump(mode="json")
+        return settings.model_dump(mode="json", exclude_none=True)
     if action == "rollback":
-        registered = Registry(registry_root(config, app_name)).versions(model)
+        root = registry_root(config, app_name, registry)
+        registered = Registry(root).versions(model)
+        if not registered:
+            raise ServeCtlError(f"model '{model}' has no version in the registry at {root}; if the "
+                                "cluster uses another one, pass it: python -m maas --registry <root> ...")
         changes = rollback_changes(settings, registered, model, to)
     elif action == "refresh":
         changes = {"refresh": settings.refresh + 1}
     updated = with_settings(config, app_name, model, changes or {})
     client.deploy_applications(updated)
-    return model_settings(updated, app_name, model).model_dump(mode="json")
+    return model_settings(updated, app_name, model).model_dump(mode="json", exclude_none=True)
 
 
 def version_changes(versions: str | None, labels: list[str], default: str | None,

@@ -274,3 +274,8 @@ def test_swap_and_rollback_commands_under_load(head: dict[str, str]) -> None:
     bad = subprocess.run([str(BIN / "python"), "-m", "maas", "serve", "rollback", "nope"], env=head,
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "serves no model 'nope'" in bad.stderr
+    elsewhere = subprocess.run([str(BIN / "python"), "-m", "maas", "--registry", head["WORK"] + "/none",
+                                "serve", "rollback", "digits_mlp"], env=head, cwd=REPO,
+                               capture_output=True, text=True, timeout=120)
+    assert elsewhere.returncode == 2 and "no version in the registry at" in elsewhere.stderr
+    assert "Traceback" not in elsewhere.stderr

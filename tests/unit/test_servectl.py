@@ -9,6 +9,7 @@ from maas.servectl import (
     model_settings,
     parse_label,
     parse_versions,
+    registry_root,
     rollback_changes,
     version_changes,
     with_settings,
@@ -91,3 +92,12 @@ def test_version_command_changes() -> None:
     assert version_changes(None, [], "", None, current) == {"default": None}
     with pytest.raises(ServeCtlError, match="nothing to change"):
         version_changes(None, [], None, None, current)
+
+
+def test_rollback_reads_the_registry_the_app_names_unless_told_otherwise(monkeypatch) -> None:
+    config = live_config(DETAILS)
+    assert registry_root(config, "maas") == "/r"
+    assert registry_root(config, "maas", "s3://b/registry") == "s3://b/registry"
+    del config["applications"][0]["args"]["registry_root"]
+    monkeypatch.setenv("MAAS_REGISTRY", "/from/env")
+    assert registry_root(config, "maas") == "/from/env"
