@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from maas.config import default_registry_root
 from maas.registry import Registry, RegistryError
@@ -91,20 +92,15 @@ def list_models(registry: Registry) -> str:
 
 def serve_command(args: argparse.Namespace) -> int:
     from maas.config import ConfigError
-    from maas.servectl import ServeCtlError, apply, model_settings, version_changes
+    from maas.servectl import ServeCtlError, apply, version_changes
+    from maas.serving import ModelSettings
+
+    def edit(current: ModelSettings) -> dict[str, Any]:
+        return version_changes(args.versions, args.label, args.default, args.poll, current)
 
     try:
-        changes = None
-        if args.action == "versions":
-            from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-            from maas.servectl import dashboard_address, live_config
-
-            config = live_config(ServeSubmissionClient(dashboard_address(args.address)).get_serve_details())
-            changes = version_changes(args.versions, args.label, args.default, args.poll,
-                                      model_settings(config, args.app, args.model))
-        settings = apply(args.address, args.app, args.model, args.action, changes,
-                         getattr(args, "to", None), args.registry)
+        settings = apply(args.address, args.app, args.model, args.action, getattr(args, "to", None),
+                         args.registry, edit if args.action == "versions" else None)
     except (ServeCtlError, ConfigError, LookupError) as exc:  # RegistryError is a LookupError
         print(f"error: {exc}", file=sys.stderr)
         return 2

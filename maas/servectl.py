@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from typing import Any
 
 from maas.config import validate_config
@@ -145,10 +146,11 @@ def dashboard_address(address: str | None) -> str:
     return address
 
 
-def apply(address: str | None, app_name: str, model: str, action: str,
-          changes: dict[str, Any] | None = None, to: int | None = None,
-          registry: str | None = None) -> dict[str, Any]:
-    """Read the live config, compute the change, deploy it; returns the new user_config."""
+def apply(address: str | None, app_name: str, model: str, action: str, to: int | None = None,
+          registry: str | None = None,
+          edit: Callable[[ModelSettings], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Read the live config once, compute the change, deploy it; returns the new user_config.
+    ``edit`` turns the current settings into the changes for ``versions``."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from maas.registry import Registry
@@ -167,7 +169,9 @@ def apply(address: str | None, app_name: str, model: str, action: str,
         changes = rollback_changes(settings, registered, model, to)
     elif action == "refresh":
         changes = {"refresh": settings.refresh + 1}
-    updated = with_settings(config, app_name, model, changes or {})
+    else:
+        changes = edit(settings) if edit is not None else {}
+    updated = with_settings(config, app_name, model, changes)
     client.deploy_applications(updated)
     return model_settings(updated, app_name, model).model_dump(mode="json", exclude_none=True)
 

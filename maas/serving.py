@@ -8,6 +8,7 @@ import hmac
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -437,25 +438,21 @@ class LoadedModel:
         loaded.predict(loaded.example_batch())  # warm-up: first call traces the graph
         return loaded
 
-    def __post_init__(self) -> None:
-        self._graph_call: Any = None
-
-    def _compiled(self) -> Any:
+    @cached_property
+    def _graph_call(self) -> Any:
         """The model as one traced graph for any batch size: a call costs ~0.4 ms instead of
         ~1.5 ms for the eager layer-by-layer call (measured on this project's MLP, 1-32 rows)."""
-        if self._graph_call is None:
-            from maas.tfkeras import tensorflow
+        from maas.tfkeras import tensorflow
 
-            tf = tensorflow()
-            spec = tf.TensorSpec([None, *self.schema.input_shape],
-                                 tf.string if self.schema.is_text else tf.float32)
-            model = self.model
+        tf = tensorflow()
+        spec = tf.TensorSpec([None, *self.schema.input_shape],
+                             tf.string if self.schema.is_text else tf.float32)
+        model = self.model
 
-            def call(batch: Any) -> Any:
-                return model(batch, training=False)
+        def call(batch: Any) -> Any:
+            return model(batch, training=False)
 
-            self._graph_call = tf.function(call, input_signature=[spec], autograph=False)
-        return self._graph_call
+        return tf.function(call, input_signature=[spec], autograph=False)
 
     def example_batch(self) -> np.ndarray:
         if self.schema.is_text:
@@ -464,7 +461,7 @@ class LoadedModel:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         # Never model.predict(): it costs ~60 ms per call whatever the size.
-        return self._compiled()(batch).numpy()
+        return self._graph_call(batch).numpy()
 
     def status(self) -> dict[str, Any]:
         return {

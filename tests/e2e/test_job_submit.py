@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, SteadyLoad, free_port
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -212,8 +212,6 @@ def test_deploy_as_a_job_then_metrics_reach_prometheus(head: dict[str, str]) -> 
 def test_swap_and_rollback_commands_under_load(head: dict[str, str]) -> None:
     """On the app `serve deploy` put up: register version 2, `python -m maas serve refresh`, then
     `python -m maas serve rollback`, with traffic running the whole time; no request may fail."""
-    import threading
-
     import yaml
 
     from maas.registry import Registry
@@ -222,48 +220,24 @@ def test_swap_and_rollback_commands_under_load(head: dict[str, str]) -> None:
     assert deployed.exists(), "runs after test_deploy_as_a_job_then_metrics_reach_prometheus"
     config = yaml.safe_load(deployed.read_text())
     url = f"http://127.0.0.1:{config['http_options']['port']}/v2/models/digits_mlp/infer"
-    body = {"inputs": [{"name": "inputs", "shape": [1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}
-    answers: list[tuple[object, object]] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with requests.Session() as session:
-            while not stop.is_set():
-                try:
-                    reply = session.post(url, json=body, timeout=30)
-                    answers.append((reply.status_code, reply.json().get("model_version")))
-                except requests.RequestException as exc:
-                    answers.append((type(exc).__name__, None))
 
     def maas(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "python"), "-m", "maas", "serve", *args, "digits_mlp"],
                               env=head, cwd=REPO, capture_output=True, text=True, timeout=120)
 
-    def wait_for(version: str) -> None:
-        deadline = time.time() + 90
-        while not any(v == version for _, v in answers[-10:]):
-            assert time.time() < deadline, f"version {version} never answered: {answers[-5:]}"
-            time.sleep(0.3)
-
     registry = Registry(head["MAAS_REGISTRY"])
     first = registry.get("digits_mlp")
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
-        wait_for(str(first.version))
+    with SteadyLoad(url, threads=3) as load:
+        load.wait_for_version(str(first.version), timeout=90, recent=10)
         new = registry.publish("digits_mlp", Path(first.uri), {**first.metadata, "labels": []})
         refreshed = maas("refresh")
         assert refreshed.returncode == 0, refreshed.stderr
-        wait_for(str(new.version))
+        load.wait_for_version(str(new.version), timeout=90, recent=10)
         rolled = maas("rollback")
         assert rolled.returncode == 0 and f'"specific": [{first.version}]' in rolled.stdout, rolled.stderr
-        wait_for(str(first.version))
+        load.wait_for_version(str(first.version), timeout=90, recent=10)
         time.sleep(1)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+    answers = load.answers
     failed = [a for a in answers if a[0] != 200]
     assert not failed and len(answers) > 30, (failed[:5], len(answers))
     versions = [v for _, v in answers]

@@ -3,7 +3,7 @@ import orjson
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import SteadyLoad, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -202,48 +202,6 @@ def _publish_copy(registry, version: int = 1):
     return registry.publish("digits_mlp", Path(source.uri), {**source.metadata, "labels": []})
 
 
-class _Load:
-    """Steady single-row V2 traffic from a few threads; records every answer's status and version."""
-
-    def __init__(self, url: str, threads: int = 4):
-        import threading
-
-        self.url, self.answers, self.stop = url, [], threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        self.body = orjson.dumps({"inputs": [{"name": "inputs", "shape": [1, 8, 8], "datatype": "FP32",
-                                              "data": [0.0] * 64}]})
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            while not self.stop.is_set():
-                try:
-                    reply = session.post(self.url, data=self.body, timeout=30)
-                    version = reply.json().get("model_version") if reply.status_code == 200 else None
-                    self.answers.append((reply.status_code, version))
-                except requests.RequestException as exc:
-                    self.answers.append((type(exc).__name__, None))
-
-    def __enter__(self) -> "_Load":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-
-    def wait_for_version(self, version: str, timeout: float = 60) -> None:
-        import time
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if any(v == version for _, v in self.answers[-20:]):
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"version {version} never answered; last: {self.answers[-5:]}")
-
-
 def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspace) -> None:
     """Two versions served with a label; then, with traffic running, a new version is registered
     (picked up by polling and swapped in), then a tampered one (refused: the good one keeps
@@ -278,7 +236,7 @@ def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspa
         assert requests.post(f"{url}/v1/models/digits_mlp/labels/stable:predict", json=row,
                              timeout=30).status_code == 200
 
-        with _Load(f"{url}/v2/models/digits_mlp/infer") as load:
+        with SteadyLoad(f"{url}/v2/models/digits_mlp/infer") as load:
             load.wait_for_version("2")
             _publish_copy(registry)  # version 3
             load.wait_for_version("3")
@@ -333,7 +291,7 @@ def test_replicas_scale_up_under_load_and_back_down(endpoint, tiny_job) -> None:
 
     try:
         assert running() == 1
-        with _Load(f"{endpoint}/scaling/v2/models/digits_mlp/infer", threads=8) as load:
+        with SteadyLoad(f"{endpoint}/scaling/v2/models/digits_mlp/infer", threads=8) as load:
             wait_for(2, timeout=90)
         assert {status for status, _ in load.answers} == {200}
         wait_for(1, timeout=90)  # load gone: back to min_replicas after the downscale delay
