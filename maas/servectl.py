@@ -2,9 +2,10 @@
 
 ``python -m maas serve versions|rollback|refresh|show`` reads the live Serve config from the Ray
 dashboard (the same API ``serve deploy`` uses, so the cluster's token authentication guards it),
-changes one model deployment's ``user_config`` and deploys it back. Serve then calls
-``reconfigure`` on every replica of that model, and on replicas started later: each loads and
-warms the versions now picked before they take traffic, and nothing restarts.
+changes one model's settings (its deployment's ``user_config``, or its entry in the Ingress's for a
+model hosted in the ingress) and deploys it back. Serve then calls ``reconfigure`` on every
+replica that hosts the model, and on replicas started later: each loads and warms the versions
+now picked before they take traffic, and nothing restarts.
 
 The config edits are pure functions of dicts, unit-tested without a cluster.
 """
@@ -81,35 +82,62 @@ def _app(config: dict[str, Any], app_name: str) -> dict[str, Any]:
     raise ServeCtlError(f"no application named '{app_name}' (running: {names}); pass --app")
 
 
+def _endpoint(app: dict[str, Any], app_name: str, model: str) -> dict[str, Any]:
+    endpoints = (app.get("args") or {}).get("models", [])
+    for endpoint in endpoints:
+        if endpoint.get("name") == model:
+            return endpoint
+    raise ServeCtlError(f"application '{app_name}' serves no model '{model}' "
+                        f"(models: {', '.join(e.get('name', '?') for e in endpoints) or 'none'})")
+
+
+def _deployment(app: dict[str, Any], name: str, create: bool = False) -> dict[str, Any] | None:
+    deployments = app.setdefault("deployments", []) if create else app.get("deployments") or []
+    for deployment in deployments:
+        if deployment.get("name") == name:
+            return deployment
+    if not create:
+        return None
+    deployments.append({"name": name})
+    return deployments[-1]
+
+
+def _hosted_in_ingress(endpoint: dict[str, Any]) -> bool:
+    return endpoint.get("hosting") == "ingress"
+
+
 def model_settings(config: dict[str, Any], app_name: str, model: str) -> ModelSettings:
-    """The model deployment's current user_config (the builder's default if the file has none)."""
+    """The model's live settings: its deployment's user_config, or for a model hosted in the
+    ingress its entry in the Ingress's user_config; else the starting ones in the app's args."""
     app = _app(config, app_name)
-    served = [m["name"] for m in (app.get("args") or {}).get("models", [])]
-    if model not in served:
-        raise ServeCtlError(f"application '{app_name}' serves no model '{model}' "
-                            f"(models: {', '.join(served) or 'none'})")
-    for deployment in app.get("deployments") or []:
-        if deployment.get("name") == model and deployment.get("user_config") is not None:
-            return validate_config(ModelSettings, deployment["user_config"], f"user_config of {model}")
-    return ModelSettings()
+    endpoint = _endpoint(app, app_name, model)
+    if _hosted_in_ingress(endpoint):
+        user_config = (_deployment(app, "Ingress") or {}).get("user_config") or {}
+        raw = (user_config.get("models") or {}).get(model)
+    else:
+        raw = (_deployment(app, model) or {}).get("user_config")
+    if raw is None:
+        raw = endpoint.get("user_config") or {}
+    return validate_config(ModelSettings, raw, f"user_config of {model}")
 
 
 def with_settings(config: dict[str, Any], app_name: str, model: str,
                   changes: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` whose ``model`` deployment has ``changes`` merged into its
-    user_config; the result is validated, so a bad change never reaches the cluster."""
+    """A copy of ``config`` where ``model``'s settings have ``changes`` merged in (in its own
+    deployment's user_config, or its entry in the Ingress's); the result is validated, so a bad
+    change never reaches the cluster."""
     current = model_settings(config, app_name, model).model_dump(mode="json")
     merged = {**current, **changes}
     validate_config(ModelSettings, merged, f"user_config of {model}")
     updated = copy.deepcopy(config)
     app = _app(updated, app_name)
-    deployments = app.setdefault("deployments", [])
-    for deployment in deployments:
-        if deployment.get("name") == model:
-            deployment["user_config"] = merged
-            break
+    if _hosted_in_ingress(_endpoint(app, app_name, model)):
+        ingress = _deployment(app, "Ingress", create=True)
+        user_config = dict(ingress.get("user_config") or {})
+        user_config["models"] = {**(user_config.get("models") or {}), model: merged}
+        ingress["user_config"] = user_config
     else:
-        deployments.append({"name": model, "user_config": merged})
+        _deployment(app, model, create=True)["user_config"] = merged
     return updated
 
 

@@ -71,10 +71,17 @@ class ModelSettings(_Schema):
     refresh: int = 0
     max_batch_size: int = Field(32, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    # Requests waiting for this model in one replica; past it: 503 + Retry-After at once instead
+    # of unbounded latency (on top of Serve's max_queued_requests for the deployment).
+    max_pending_requests: int = Field(1024, ge=1, le=1_000_000)
 
 
 class ModelEndpoint(_Schema):
     name: str = Field(pattern=MODEL_NAME_PATTERN)
+    # "deployment": a Serve deployment of its own, named after the model, scaled on its own.
+    # "ingress": inside the HTTP ingress's replicas, scaled with them: one Serve hop fewer per
+    # request, the fastest mode for a small model (bench/serve_load.py).
+    hosting: Literal["deployment", "ingress"] = "deployment"
     # The deployment's starting user_config (see ModelSettings). In a Serve config file, the
     # deployment's own `user_config` replaces it, and changes there apply live.
     user_config: ModelSettings | None = None
@@ -107,6 +114,13 @@ class ServeAppConfig(_Schema):
     def resolved_api_keys(self) -> list[str]:
         from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
         return [*self.api_keys, *from_env]
+
+
+class IngressSettings(_Schema):
+    """The ``Ingress`` deployment's ``user_config``: the settings of the models it hosts itself
+    (``hosting: ingress``), by name; applied live like a model deployment's."""
+
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -46,20 +46,29 @@ def _served_models(serve: Any) -> list[dict[str, Any]]:
     models = []
     for app_name, app in applications.items():
         for name, deployment in app.deployments.items():
-            if name == "Ingress":
-                continue
-            row = {"app": app_name, "model": name, "status": str(deployment.status.value),
-                   "replicas": sum(deployment.replica_states.values()) if deployment.replica_states else 0,
-                   "version": "-", "rate": None}
+            replicas = sum(deployment.replica_states.values()) if deployment.replica_states else 0
+            handle = serve.get_deployment_handle(name, app_name=app_name)
             try:
-                status = serve.get_deployment_handle(name, app_name=app_name).status.remote().result(
-                    timeout_s=10)
-                row["version"] = status["version"]
-                row["rate"] = status["requests_last_minute"] / 60 * max(row["replicas"], 1)
+                if name == "Ingress":  # the models it hosts itself (hosting: ingress)
+                    statuses = handle.hosted_models.remote().result(timeout_s=10)
+                else:
+                    statuses = {name: handle.status.remote().result(timeout_s=10)}
             except Exception:  # replica starting or failing: show the deployment state only
-                pass
-            models.append(row)
+                statuses = {} if name == "Ingress" else {name: None}
+            for model, status in statuses.items():
+                models.append(_model_row(app_name, model, str(deployment.status.value), replicas, status))
     return models
+
+
+def _model_row(app: str, model: str, state: str, replicas: int,
+               status: dict[str, Any] | None) -> dict[str, Any]:
+    row = {"app": app, "model": model, "status": state, "replicas": replicas, "version": "-",
+           "rate": None}
+    if status is not None:
+        # one replica's last minute, times the replicas: an estimate of the whole model's rate
+        row["version"] = status["version"]
+        row["rate"] = status["requests_last_minute"] / 60 * max(replicas, 1)
+    return row
 
 
 def render(info: dict[str, Any]) -> str:

@@ -19,9 +19,10 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from maas.config import validate_config
+from maas.config import format_validation_error, validate_config
 from maas.serving import (
     CountBuffer,
+    IngressSettings,
     ModelEndpoint,
     ModelSettings,
     RequestError,
@@ -34,7 +35,8 @@ from maas.serving import (
     v2_model_metadata,
     v2_response,
 )
-from serve.deployments import ModelServer
+from serve.deployments import ModelServer, model_call_metrics
+from serve.hosting import ModelHost
 
 ROW_BODY = {"type": "object", "properties": {
     "instances": {"type": "array", "description": "row format: one entry per example"},
@@ -81,11 +83,20 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> Res
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(http)
 class Ingress:
-    def __init__(self, models: dict[str, DeploymentHandle], config: dict[str, Any]):
+    """Routes requests to each model: to its own ``ModelServer`` deployment (``handles``), or to a
+    ``ModelHost`` in this replica for models with ``hosting: ingress``."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle], config: dict[str, Any]):
         from ray.util import metrics
 
-        self.models = models
         self.config = ServeAppConfig.model_validate(config)
+        self.handles = handles
+        hosted = [m.name for m in self.config.models if m.hosting == "ingress"]
+        observe = model_call_metrics() if hosted else None
+        root = self.config.resolved_root()
+        self.hosts = {name: ModelHost(name, root, self.config.max_rows_per_request, observe)
+                      for name in hosted}
+        self.model_names = sorted({*handles, *self.hosts})
         self.api_keys = self.config.resolved_api_keys()
         self.requests = metrics.Counter(
             "maas_requests_total", "HTTP requests by model, version, status and route",
@@ -97,13 +108,44 @@ class Ingress:
         self.pending_counts = CountBuffer()
         self._flusher: asyncio.Task | None = None
 
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Settings of the models hosted here (``IngressSettings``), applied live on every
+        replica like a model deployment's: new versions load and warm while requests go on."""
+        from pydantic import ValidationError
+
+        try:
+            settings = IngressSettings.model_validate(user_config or {})
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, "user_config of Ingress")) from None
+        unknown = sorted(set(settings.models) - set(self.hosts))
+        if unknown:
+            raise ValueError(f"user_config of Ingress names {unknown}, which the ingress does not "
+                             f"host (hosting: ingress): {sorted(self.hosts) or 'none'}")
+        endpoints = {m.name: m for m in self.config.models}
+        for name, host in self.hosts.items():
+            await host.configure(settings.models.get(name) or endpoints[name].user_config)
+
+    async def check_health(self) -> None:
+        for host in self.hosts.values():
+            await host.ensure_loaded()  # raises, so Serve restarts the replica, if nothing can load
+
+    async def hosted_models(self) -> dict[str, dict]:
+        """Status of each model hosted in this replica (``python -m maas status``)."""
+        return {name: await host.status() for name, host in self.hosts.items()}
+
     # --- plumbing --------------------------------------------------------------------------
 
-    def _handle(self, name: str) -> DeploymentHandle:
-        if name not in self.models:
-            served = ", ".join(sorted(self.models)) or "none"
+    def _check_served(self, name: str) -> None:
+        if name not in self.hosts and name not in self.handles:
+            served = ", ".join(self.model_names) or "none"
             raise RequestError(f"model '{name}' is not served here (served models: {served})", 404)
-        return self.models[name]
+
+    async def _infer(self, name: str, payload: Any, route: str, version: str | None,
+                     label: str | None) -> dict:
+        host = self.hosts.get(name)
+        if host is not None:
+            return await host.infer(payload, route, version, label)
+        return await self.handles[name].infer.remote(payload, route, version, label)
 
     async def _read_json(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
@@ -119,7 +161,12 @@ class Ingress:
             raise RequestError(f"request body is not valid JSON: {exc}") from None
 
     async def _status(self, name: str, version: str | None = None, label: str | None = None) -> dict:
-        status = await self._handle(name).status.remote(version, label)
+        self._check_served(name)
+        host = self.hosts.get(name)
+        if host is not None:
+            status = await host.status(version, label)
+        else:
+            status = await self.handles[name].status.remote(version, label)
         if "error" in status:
             raise RequestError(status["error"], status["status"])
         return status
@@ -130,19 +177,20 @@ class Ingress:
         served_version = ""
         try:
             check_api_key(request.headers, self.api_keys)
-            handle = self._handle(name)
+            self._check_served(name)
             payload = await self._read_json(request)
             if route == "v1":
                 rows, context = extract_rows(payload)
             else:  # the replica parses the tensor against the version's own schema
                 rows, context = payload, payload.get("id") if isinstance(payload, dict) else None
-            result = await handle.infer.remote(rows, route, version, label)
+            result = await self._infer(name, rows, route, version, label)
             if "error" in result:
                 raise RequestError(result["error"], result["status"])
             served_version = str(result["version"])
             response = json_response(respond(result, context))
         except RequestError as exc:
-            response = error_response(str(exc), exc.status)
+            retry = self.config.retry_after_s if exc.status == 503 else None  # a host's full queue
+            response = error_response(str(exc), exc.status, retry_after_s=retry)
         except BackPressureError as exc:
             # The model's queue is full (max_queued_requests): say so and when to come back,
             # instead of queueing without bound.
@@ -152,7 +200,7 @@ class Ingress:
         return response
 
     def _record(self, name: str, version: str, status: int, route: str, started: float) -> None:
-        model = name if name in self.models else "_unknown"  # bound the tag's values
+        model = name if name in self.hosts or name in self.handles else "_unknown"  # bound the tag's values
         tags = {"model": model, "version": version or "_none"}
         self.pending_counts.add({**tags, "status": str(status), "route": route})
         self.latency.observe((time.perf_counter() - started) * 1000, tags=tags)
@@ -181,7 +229,7 @@ class Ingress:
 
     @http.get("/healthz")
     async def healthz(self) -> Response:
-        return json_response({"status": "ok", "models": sorted(self.models)})
+        return json_response({"status": "ok", "models": self.model_names})
 
     # --- TensorFlow Serving REST (v1) ------------------------------------------------------
 
@@ -281,7 +329,8 @@ class Ingress:
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Typed app builder: validates ``args`` (see ``ServeAppConfig``) and wires one deployment per
-    model; each deployment is named after its model so a Serve config can tune it by name."""
+    model with ``hosting: deployment``, named after its model so a Serve config can tune it by
+    name; models with ``hosting: ingress`` live in the Ingress, tuned by its ``user_config``."""
     config: ServeAppConfig = validate_config(ServeAppConfig, args, "serve application args")
     root = config.resolved_root()
     handles = {
@@ -289,9 +338,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         # Serve config file's user_config for the deployment replaces it.
         m.name: ModelServer.options(name=m.name, user_config=_user_config(m)).bind(
             m.name, root, config.max_rows_per_request)
-        for m in config.models
+        for m in config.models if m.hosting == "deployment"
     }
-    return Ingress.bind(handles, config.model_dump(mode="json"))
+    hosted = {m.name: _user_config(m) for m in config.models if m.hosting == "ingress"}
+    ingress = Ingress.options(user_config={"models": hosted}) if hosted else Ingress
+    return ingress.bind(handles, config.model_dump(mode="json"))
 
 
 def _user_config(model: ModelEndpoint) -> dict[str, Any]:

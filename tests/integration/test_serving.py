@@ -16,7 +16,10 @@ def endpoint(trained, tiny_job):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"registry_root": tiny_job.registry.root, "models": [{"name": "digits_mlp"}]})
+    # hosting: ingress, as configs/serve/digits.yaml ships; the model-deployment mode is covered
+    # by the swap, scaling and queue tests below.
+    app = build_app({"registry_root": tiny_job.registry.root,
+                     "models": [{"name": "digits_mlp", "hosting": "ingress"}]})
     serve.run(app, name="maas", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.delete("maas")
@@ -178,21 +181,32 @@ def test_tampered_version_is_refused_and_the_old_one_keeps_serving(endpoint, tin
     current = registry.get("digits_mlp", 1)
     published = registry.publish("digits_mlp", Path(current.uri), {**current.metadata, "labels": []})
     Path(published.uri, "model.keras").write_bytes(b"tampered")
-    handle = serve.get_deployment_handle("digits_mlp", app_name="maas")
+    ingress = serve.get_deployment_handle("Ingress", app_name="maas")
     try:
-        handle.reconfigure.remote({"versions": {"specific": [published.version]}}).result(timeout_s=60)
+        pinned = {"versions": {"specific": [published.version]}}
+        ingress.reconfigure.remote({"models": {"digits_mlp": pinned}}).result(timeout_s=60)
         body = {"instances": [np.zeros((8, 8)).tolist()]}
         reply = requests.post(f"{endpoint}/v1/models/digits_mlp:predict", json=body, timeout=30)
         assert reply.status_code == 200
         status = requests.get(f"{endpoint}/v1/models/digits_mlp", timeout=30).json()
         assert status["model_version_status"][0]["version"] == "1"
-        served = handle.status.remote().result(timeout_s=60)
+        served = _model_status("maas", "ingress")
         assert "integrity check" in served["load_error"] and served["version"] == 1
     finally:
         Path(published.uri, "metadata.json").unlink()  # withdraw the bad version for later tests
 
 
 # --- versions, labels, swaps, autoscaling -------------------------------------------------------
+
+
+def _model_status(app: str, hosting: str) -> dict:
+    """What the replica hosting digits_mlp reports, load errors included."""
+    from ray import serve
+
+    if hosting == "ingress":
+        ingress = serve.get_deployment_handle("Ingress", app_name=app)
+        return ingress.hosted_models.remote().result(timeout_s=30)["digits_mlp"]
+    return serve.get_deployment_handle("digits_mlp", app_name=app).status.remote().result(timeout_s=30)
 
 
 def _publish_copy(registry, version: int = 1):
@@ -202,7 +216,8 @@ def _publish_copy(registry, version: int = 1):
     return registry.publish("digits_mlp", Path(source.uri), {**source.metadata, "labels": []})
 
 
-def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspace) -> None:
+@pytest.mark.parametrize("hosting", ["ingress", "deployment"])
+def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspace, hosting) -> None:
     """Two versions served with a label; then, with traffic running, a new version is registered
     (picked up by polling and swapped in), then a tampered one (refused: the good one keeps
     serving). Every request during all of it must succeed."""
@@ -214,13 +229,14 @@ def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspa
     from maas.registry import Registry
     from serve.app import build_app
 
-    registry = Registry(str(workspace / "swap-registry"))
+    registry = Registry(str(workspace / f"swap-registry-{hosting}"))
     source = Registry(tiny_job.registry.root).get("digits_mlp", 1)
     for _ in range(2):
         registry.publish("digits_mlp", Path(source.uri), {**source.metadata, "labels": []})
     settings = {"versions": {"latest": 2}, "labels": {"stable": 1}, "poll_registry_s": 0.5}
     serve.run(build_app({"registry_root": registry.root_uri,
-                         "models": [{"name": "digits_mlp", "user_config": settings}]}),
+                         "models": [{"name": "digits_mlp", "user_config": settings,
+                                     "hosting": hosting}]}),
               name="versioned", route_prefix="/versioned")
     url = f"{endpoint}/versioned"
     try:
@@ -243,8 +259,7 @@ def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspa
             tampered = _publish_copy(registry)  # version 4, corrupted after publishing
             Path(tampered.uri, "model.keras").write_bytes(b"tampered")
             deadline = time.time() + 30
-            handle = serve.get_deployment_handle("digits_mlp", app_name="versioned")
-            while not (handle.status.remote().result(timeout_s=30)["load_error"] or "").count("4"):
+            while not (_model_status("versioned", hosting)["load_error"] or "").count("4"):
                 assert time.time() < deadline, "the tampered version was never tried"
                 time.sleep(0.3)
             time.sleep(1)
@@ -253,7 +268,7 @@ def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspa
         assert statuses == {200}, [a for a in load.answers if a[0] != 200][:5]
         assert len(load.answers) > 50 and "4" not in versions
         assert versions.index("3") > versions.index("2") and versions[-1] == "3"
-        status = handle.status.remote().result(timeout_s=30)
+        status = _model_status("versioned", hosting)
         assert "integrity check" in status["load_error"] and status["served_versions"] == [1, 2, 3]
     finally:
         serve.delete("versioned")
@@ -327,3 +342,29 @@ def test_a_full_queue_answers_503_with_retry_after(endpoint, tiny_job) -> None:
         assert refused.headers["Retry-After"] == "3" and "overloaded" in refused.json()["error"]
     finally:
         serve.delete("tight")
+
+
+def test_a_model_in_the_ingress_answers_503_past_max_pending_requests(endpoint, tiny_job) -> None:
+    """hosting: ingress bounds each model's waiting requests itself (max_pending_requests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serve.app import build_app
+
+    settings = {"max_pending_requests": 1, "max_batch_size": 8, "batch_wait_timeout_s": 2.0}
+    serve.run(build_app({"registry_root": tiny_job.registry.root, "retry_after_s": 3, "models": [
+        {"name": "digits_mlp", "hosting": "ingress", "user_config": settings}]}),
+        name="pending", route_prefix="/pending")
+    body = {"instances": [np.zeros((8, 8)).tolist()]}
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(lambda _: requests.post(
+                f"{endpoint}/pending/v1/models/digits_mlp:predict", json=body, timeout=60), range(6)))
+        codes = sorted(r.status_code for r in replies)
+        assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
+        refused = next(r for r in replies if r.status_code == 503)
+        assert refused.headers["Retry-After"] == "3"
+        assert "max_pending_requests=1" in refused.json()["error"]
+    finally:
+        serve.delete("pending")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from maas.config import validate_config
-from maas.serving import ModelSettings, ServeAppConfig
+from maas.serving import IngressSettings, ModelSettings, ServeAppConfig
 from tests.conftest import REPO
 
 SERVE_CONFIGS = sorted((REPO / "configs" / "serve").glob("*.yaml"))
@@ -29,9 +29,16 @@ def test_serve_configs_match_serve_and_our_schemas(path: Path) -> None:
     for app in deploy.applications:
         assert app.import_path == "serve.app:build_app"
         args = validate_config(ServeAppConfig, app.args)
-        names = {d.name for d in app.deployments}
-        assert {m.name for m in args.models} <= names, "every model needs its deployment block"
-        for deployment in app.deployments:
-            if deployment.name != "Ingress":
-                ModelSettings.model_validate(deployment.user_config or {})
-                assert deployment.max_ongoing_requests > deployment.user_config["max_batch_size"]
+        deployments = {d.name: d for d in app.deployments}
+        ingress = deployments["Ingress"]
+        hosted = IngressSettings.model_validate(ingress.user_config or {}).models
+        for model in args.models:
+            if model.hosting == "ingress":  # tuned by the Ingress's user_config
+                assert model.name in hosted and model.name not in deployments, model.name
+                settings, max_ongoing = hosted[model.name], ingress.max_ongoing_requests
+            else:  # a deployment of its own, named after the model
+                assert model.name in deployments and model.name not in hosted, model.name
+                deployment = deployments[model.name]
+                settings = validate_config(ModelSettings, deployment.user_config or {})
+                max_ongoing = deployment.max_ongoing_requests
+            assert max_ongoing > settings.max_batch_size, f"{model.name}: batches could never fill"

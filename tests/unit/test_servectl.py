@@ -70,6 +70,43 @@ def test_changes_merge_into_one_deployment_and_are_validated() -> None:
         with_settings(config, "x", "digits_mlp", {})
 
 
+def _ingress_hosted(ingress_user_config: dict | None) -> dict:
+    app = {"name": "maas", "route_prefix": "/", "import_path": "serve.app:build_app",
+           "args": {"models": [{"name": "a", "hosting": "ingress"},
+                               {"name": "b", "hosting": "ingress",
+                                "user_config": {"max_batch_size": 4}},
+                               {"name": "c"}]},
+           "deployments": [{"name": "Ingress", "num_replicas": 1}]}
+    if ingress_user_config is not None:
+        app["deployments"][0]["user_config"] = ingress_user_config
+    return {"applications": [app]}
+
+
+def test_models_hosted_in_the_ingress_are_edited_in_the_ingress_user_config() -> None:
+    config = _ingress_hosted({"models": {"a": {"max_batch_size": 8, "versions": {"latest": 2}}}})
+    assert model_settings(config, "maas", "a").max_batch_size == 8
+    assert model_settings(config, "maas", "b").max_batch_size == 4  # from the app's args
+    updated = with_settings(config, "maas", "a", {"versions": {"specific": [1]}})
+    ingress, = [d for d in updated["applications"][0]["deployments"] if d["name"] == "Ingress"]
+    assert ingress["num_replicas"] == 1 and set(ingress["user_config"]["models"]) == {"a"}
+    assert ingress["user_config"]["models"]["a"]["max_batch_size"] == 8  # rest kept
+    assert model_settings(updated, "maas", "a").versions.specific == [1]
+    # no model deployment named after an ingress-hosted model appears
+    assert [d["name"] for d in updated["applications"][0]["deployments"]] == ["Ingress"]
+    # a second hosted model is added beside the first; the one with its own deployment apart
+    both = with_settings(updated, "maas", "b", {"poll_registry_s": 5})
+    settings_b = model_settings(both, "maas", "b")
+    assert settings_b.poll_registry_s == 5 and settings_b.max_batch_size == 4
+    assert model_settings(both, "maas", "a").versions.specific == [1]
+    own = with_settings(both, "maas", "c", {"max_batch_size": 2})
+    assert [d["name"] for d in own["applications"][0]["deployments"]] == ["Ingress", "c"]
+
+
+def test_an_ingress_without_user_config_gets_one() -> None:
+    updated = with_settings(_ingress_hosted(None), "maas", "a", {"refresh": 1})
+    assert updated["applications"][0]["deployments"][0]["user_config"]["models"]["a"]["refresh"] == 1
+
+
 def test_rollback_pins_the_version_before_the_default() -> None:
     latest = ModelSettings()
     assert rollback_changes(latest, [1, 2, 3], "m") == {"versions": {"specific": [2]}}

@@ -1,0 +1,180 @@
+"""``ModelHost``: the versions of one registered model inside one Serve replica, with its own
+request batcher. The ``ModelServer`` deployment wraps one; the ``Ingress`` holds one per model it
+hosts in-process (``hosting: ingress``), which saves a Serve hop per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from maas.config import format_validation_error
+from maas.serving import (
+    LoadedModel,
+    ModelSettings,
+    RequestError,
+    ServingPlan,
+    choose_version,
+    parse_v2_inputs,
+    plan_versions,
+    predict_grouped,
+    to_batch,
+)
+
+logger = logging.getLogger("ray.serve")
+
+Observe = Callable[[LoadedModel, int], None]
+
+
+def serve_batcher(settings: ModelSettings) -> Callable[[Callable], Any]:
+    """Serve's ``@serve.batch`` made per instance (the decorator on a method would share one
+    queue between every host in the process)."""
+    from ray import serve
+
+    return serve.batch(max_batch_size=settings.max_batch_size,
+                       batch_wait_timeout_s=settings.batch_wait_timeout_s)
+
+
+class ModelHost:
+    """Serves what a ``ModelSettings`` picks from the registry; batches the rows of concurrent
+    requests into one model call per version. ``load`` and ``batcher`` are swappable for tests."""
+
+    def __init__(self, model_name: str, registry_root: str, max_rows_per_request: int,
+                 observe: Observe | None = None, load: Callable[[int], LoadedModel] | None = None,
+                 batcher: Callable[[ModelSettings], Callable[[Callable], Any]] = serve_batcher):
+        self.model_name = model_name
+        self.registry_root = registry_root
+        self.max_rows = max_rows_per_request
+        self.settings = ModelSettings()
+        self.plan: ServingPlan | None = None
+        self.models: dict[int, LoadedModel] = {}
+        self.load_error: str | None = None
+        self.pending = 0  # requests inside infer(): validated, queued or in a model call
+        self._observe = observe
+        self._load = load or self._load_from_registry
+        self._predict_batch = batcher(self.settings)(self._predict_many)
+        self._sync_lock = asyncio.Lock()
+        self._poller: asyncio.Task | None = None
+        self._recent: deque[float] = deque()  # request times of the last minute, for `maas status`
+
+    # --- versions --------------------------------------------------------------------------
+
+    async def configure(self, user_config: dict[str, Any] | ModelSettings | None) -> None:
+        """Apply settings live: batch size and wait at once, versions after they are loaded."""
+        from pydantic import ValidationError
+
+        try:
+            settings = ModelSettings.model_validate(user_config or {})
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, f"user_config of {self.model_name}")) from None
+        self.settings = settings
+        self._predict_batch.set_max_batch_size(settings.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        await self.sync()
+        if settings.poll_registry_s > 0 and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll_registry())
+
+    async def _poll_registry(self) -> None:
+        while self.settings.poll_registry_s > 0:
+            await asyncio.sleep(self.settings.poll_registry_s)
+            try:
+                await self.sync()
+            except Exception:  # never let the poller die; the error is in the model's status
+                logger.exception("%s: registry poll failed", self.model_name)
+
+    async def sync(self) -> None:
+        """Serve what the settings pick from the registry now. New versions are loaded and warmed
+        before they take traffic, and swapped in all at once. If any cannot be loaded (missing,
+        tampered, corrupt), what is serving keeps serving and the error shows in the status; with
+        nothing serving yet, this raises (Serve then reports the replica as failed)."""
+        async with self._sync_lock:
+            try:
+                plan = await asyncio.to_thread(self._plan)
+                if plan == self.plan:
+                    return
+                models = {v: self.models.get(v) or await asyncio.to_thread(self._load, v)
+                          for v in plan.versions}
+            except Exception as exc:
+                if not self.models:
+                    raise
+                served = ", ".join(map(str, self.models))
+                self.load_error = f"{exc} (still serving version {served})"
+                logger.error("%s: %s", self.model_name, self.load_error)
+                return
+            self.models, self.plan, self.load_error = models, plan, None
+            logger.info("%s: serving versions %s, default %s, labels %s", self.model_name,
+                        list(plan.versions), plan.default, plan.labels)
+
+    def _plan(self) -> ServingPlan:
+        from maas.registry import Registry
+
+        registry = Registry(self.registry_root)
+        registered = registry.versions(self.model_name)
+        provisional = plan_versions(self.model_name, self.settings, registered)
+        labels = {v: registry.get(self.model_name, v).metadata.get("labels", [])
+                  for v in provisional.versions}
+        return plan_versions(self.model_name, self.settings, registered, labels)
+
+    def _load_from_registry(self, version: int) -> LoadedModel:
+        return LoadedModel.from_registry(self.registry_root, self.model_name, version)
+
+    async def ensure_loaded(self) -> ServingPlan:
+        if self.plan is None:  # never configured: serve what the default settings pick
+            await self.sync()
+        assert self.plan is not None
+        return self.plan
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def _predict_many(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[np.ndarray]:
+        return predict_grouped(items, self._observe)
+
+    async def infer(self, payload: Any, protocol: str = "v1", version: str | None = None,
+                    label: str | None = None) -> dict[str, Any]:
+        """Validate one request against the version it asks for and predict through the batcher.
+        ``payload``: the rows (v1) or the whole request body (v2). Errors come back as data."""
+        plan = await self.ensure_loaded()
+        self._note_request()
+        try:
+            if self.pending >= self.settings.max_pending_requests:
+                raise RequestError(
+                    f"model '{self.model_name}' is overloaded: {self.pending} requests are already "
+                    f"waiting (max_pending_requests={self.settings.max_pending_requests})", 503)
+            model = self.models[choose_version(self.model_name, plan, version, label)]
+            rows = parse_v2_inputs(payload, model.schema) if protocol == "v2" else payload
+            batch = to_batch(rows, model.schema, self.max_rows)
+        except RequestError as exc:
+            return {"error": str(exc), "status": exc.status}
+        self.pending += 1
+        try:
+            outputs = await self._predict_batch((model, batch))
+        finally:
+            self.pending -= 1
+        return {"outputs": outputs, "version": model.version}
+
+    def _note_request(self) -> None:
+        now = time.monotonic()
+        self._recent.append(now)
+        while self._recent and self._recent[0] < now - 60:
+            self._recent.popleft()
+
+    async def status(self, version: str | None = None, label: str | None = None) -> dict[str, Any]:
+        """The chosen version's status plus what the model serves overall; errors as data."""
+        plan = await self.ensure_loaded()
+        try:
+            chosen = choose_version(self.model_name, plan, version, label)
+        except RequestError as exc:
+            return {"error": str(exc), "status": exc.status}
+        model = self.models[chosen]
+        return {**model.status(),
+                "labels": sorted(k for k, v in plan.labels.items() if v == chosen),
+                "served_versions": list(plan.versions), "default_version": plan.default,
+                "label_map": plan.labels, "policy": self.settings.model_dump(mode="json"),
+                "load_error": self.load_error, "pending_requests": self.pending,
+                "requests_last_minute": sum(t > time.monotonic() - 60 for t in self._recent)}
