@@ -1,12 +1,13 @@
 """Serving throughput, side by side in one run on the same model: our Serve app (as deployed from
-configs/serve/digits.yaml, one model replica) against the server a user would otherwise write: one
-FastAPI + uvicorn process calling the model directly. Load: `wrk` (apt-get install wrk), 32
-connections, single-row then 64-row TF Serving requests.
+configs/serve/digits.yaml: the model hosted in the ingress, one replica) against the server a user
+would otherwise write: one FastAPI + uvicorn process calling the model directly. Load: `wrk`
+(apt-get install wrk), 32 connections, single-row then 64-row TF Serving requests.
 
-    .venv/bin/python bench/serve_load.py [--seconds 15] [--rounds 2] [--haproxy]
+    .venv/bin/python bench/serve_load.py [--seconds 15] [--rounds 2] [--haproxy] [--deployment-hosting]
 
 `--haproxy` starts Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_ENABLE_HA_PROXY=1, as
-`make demo` and cluster.yaml do.
+`make demo` and cluster.yaml do. `--deployment-hosting` adds a third server to the same run: the
+same config with the model in a deployment of its own (hosting: deployment, one more Serve hop).
 
 Last line: RESULT rps=.. base_rps=.. rps_ratio=.. p99_ms=.. rows_per_s=.. base_rows_per_s=.. rows_ratio=..
 (single-row figures first, then 64-row).
@@ -110,10 +111,32 @@ def publish_model(root: str) -> str:
     return f"{version.uri}/model.keras"
 
 
-def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int) -> subprocess.Popen:
+def as_deployment_hosting(config: dict[str, Any]) -> dict[str, Any]:
+    """The same app with each ingress-hosted model moved to a deployment of its own, with the
+    settings configs/serve/digits.yaml gave that deployment before models could live in the
+    ingress, and the model's own settings as its user_config."""
+    app = config["applications"][0]
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    hosted = ingress.pop("user_config", {}).get("models", {})
+    ingress.pop("autoscaling_config", None)
+    for model in app["args"]["models"]:
+        model["hosting"] = "deployment"
+        app["deployments"].append({
+            "name": model["name"], "max_ongoing_requests": 64, "max_queued_requests": 512,
+            "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 24,
+                                   "upscale_delay_s": 5, "downscale_delay_s": 30},
+            "user_config": hosted.get(model["name"], {})})
+    return config
+
+
+def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int,
+               deployment_hosting: bool = False) -> subprocess.Popen:
     import yaml
 
     config = yaml.safe_load((REPO / "configs/serve/digits.yaml").read_text())
+    if deployment_hosting:
+        config = as_deployment_hosting(config)
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["registry_root"] = root
     path = work / "serve.yaml"
@@ -154,12 +177,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measurements per server (averaged)")
     parser.add_argument("--worker-niceness", type=int, default=0,
                         help="nice value of Ray's workers (Ray's own default: 15)")
+    parser.add_argument("--deployment-hosting", action="store_true",
+                        help="also measure the model in a deployment of its own (hosting: deployment)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
     one = json.dumps({"instances": [np.random.rand(8, 8).round(3).tolist()]})
     many = json.dumps({"instances": np.random.rand(64, 8, 8).round(3).tolist()})
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {"baseline": [], "ours": []}
+    names = ["baseline", "ours", *(["ours_deployment"] if args.deployment_hosting else [])]
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_file = publish_model(f"{tmp}/registry")
@@ -168,18 +194,20 @@ def main() -> None:
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                                    start_new_session=True),
             "ours": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy, args.worker_niceness),
+            "ours_deployment": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy,
+                                                    args.worker_niceness, deployment_hosting=True),
         }
         # Rounds in alternating order: this VM's speed drifts by tens of percent between minutes,
         # and a ratio of two back-to-back measurements is what we trust.
         for round_number in range(args.rounds):
-            order = ["baseline", "ours"] if round_number % 2 == 0 else ["ours", "baseline"]
+            order = names if round_number % 2 == 0 else names[::-1]
             for name in order:
                 runs[name].append(measure(starters[name], one, many, args.seconds, work))
     results = {name: _mean(rounds) for name, rounds in runs.items()}
-    print(f"\n{'server':<10} {'1-row req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'64-row req/s':>13} "
+    print(f"\n{'server':<16} {'1-row req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'64-row req/s':>13} "
           f"{'rows/s':>9} {'p99 ms':>8} {'errors':>7}")
     for name, r in results.items():
-        print(f"{name:<10} {r['one']['rps']:>12.0f} {r['one']['p50']:>8.1f} {r['one']['p99']:>8.1f} "
+        print(f"{name:<16} {r['one']['rps']:>12.0f} {r['one']['p50']:>8.1f} {r['one']['p99']:>8.1f} "
               f"{r['many']['rps']:>13.1f} {r['many']['rps'] * 64:>9.0f} {r['many']['p99']:>8.1f} "
               f"{r['one']['errors'] + r['many']['errors']:>7.0f}")
     ours, base = results["ours"], results["baseline"]

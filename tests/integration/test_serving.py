@@ -274,7 +274,10 @@ def test_versions_labels_and_swaps_under_steady_load(endpoint, tiny_job, workspa
         serve.delete("versioned")
 
 
-def test_replicas_scale_up_under_load_and_back_down(endpoint, tiny_job) -> None:
+@pytest.mark.parametrize("hosting", ["deployment", "ingress"])
+def test_replicas_scale_up_under_load_and_back_down(endpoint, tiny_job, hosting) -> None:
+    """A model in a deployment of its own scales that deployment; a model in the ingress scales
+    with the Ingress deployment."""
     import time
 
     from ray import serve
@@ -285,14 +288,21 @@ def test_replicas_scale_up_under_load_and_back_down(endpoint, tiny_job) -> None:
     autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
                    "metrics_interval_s": 0.5, "look_back_period_s": 2, "upscale_delay_s": 1,
                    "downscale_delay_s": 3}
-    model = ModelServer.options(name="digits_mlp", autoscaling_config=autoscaling,
-                                user_config={"max_batch_size": 1}).bind(
-        "digits_mlp", tiny_job.registry.root, 64)
-    config = {"registry_root": tiny_job.registry.root, "models": [{"name": "digits_mlp"}]}
-    serve.run(Ingress.bind({"digits_mlp": model}, config), name="scaling", route_prefix="/scaling")
+    config = {"registry_root": tiny_job.registry.root,
+              "models": [{"name": "digits_mlp", "hosting": hosting}]}
+    if hosting == "deployment":
+        model = ModelServer.options(name="digits_mlp", autoscaling_config=autoscaling,
+                                    user_config={"max_batch_size": 1}).bind(
+            "digits_mlp", tiny_job.registry.root, 64)
+        app, scaled = Ingress.bind({"digits_mlp": model}, config), "digits_mlp"
+    else:
+        app = Ingress.options(autoscaling_config=autoscaling, user_config={
+            "models": {"digits_mlp": {"max_batch_size": 1}}}).bind({}, config)
+        scaled = "Ingress"
+    serve.run(app, name="scaling", route_prefix="/scaling")
 
     def running() -> int:
-        states = serve.status().applications["scaling"].deployments["digits_mlp"].replica_states
+        states = serve.status().applications["scaling"].deployments[scaled].replica_states
         return states.get("RUNNING", 0)
 
     def wait_for(count: int, timeout: float) -> list[int]:
@@ -302,7 +312,7 @@ def test_replicas_scale_up_under_load_and_back_down(endpoint, tiny_job) -> None:
             if seen[-1] == count:
                 return seen
             time.sleep(0.5)
-        raise AssertionError(f"never {count} running replicas; saw {seen[-10:]}")
+        raise AssertionError(f"never {count} running replicas of {scaled}; saw {seen[-10:]}")
 
     try:
         assert running() == 1
