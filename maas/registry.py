@@ -150,6 +150,15 @@ class Registry:
                 return number
         raise RegistryError(f"model '{name}' has no version labelled '{version}'")
 
+    def metadata(self, name: str, version: int) -> dict[str, Any]:
+        """One version's metadata.json, read without listing the model's versions (one read on an
+        object store, where ``get`` costs a listing too)."""
+        try:
+            return self._read_metadata(name, version)
+        except FileNotFoundError:
+            raise RegistryError(f"model '{name}' has no version {version} in the registry at "
+                                f"{self.root_uri}") from None
+
     def _read_metadata(self, name: str, version: int) -> dict[str, Any]:
         with self.fs.open_input_stream(self._path(name, str(version), METADATA_FILE)) as stream:
             return json.loads(stream.read())

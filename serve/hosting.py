@@ -55,6 +55,7 @@ class ModelHost:
         self.plan: ServingPlan | None = None
         self.models: dict[int, LoadedModel] = {}
         self.load_error: str | None = None
+        self._failed_plan: ServingPlan | None = None  # not retried by polling; a config change retries
         self.pending = 0  # requests inside infer(): validated, queued or in a model call
         self._observe = observe
         self._load = load or self._load_from_registry
@@ -73,7 +74,7 @@ class ModelHost:
             settings = ModelSettings.model_validate(user_config or {})
         except ValidationError as exc:
             raise ValueError(format_validation_error(exc, f"user_config of {self.model_name}")) from None
-        self.settings = settings
+        self.settings, self._failed_plan = settings, None
         self._predict_batch.set_max_batch_size(settings.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         await self.sync()
@@ -84,19 +85,21 @@ class ModelHost:
         while self.settings.poll_registry_s > 0:
             await asyncio.sleep(self.settings.poll_registry_s)
             try:
-                await self.sync()
+                await self.sync(retry_failed=False)
             except Exception:  # never let the poller die; the error is in the model's status
                 logger.exception("%s: registry poll failed", self.model_name)
 
-    async def sync(self) -> None:
+    async def sync(self, retry_failed: bool = True) -> None:
         """Serve what the settings pick from the registry now. New versions are loaded and warmed
         before they take traffic, and swapped in all at once. If any cannot be loaded (missing,
         tampered, corrupt), what is serving keeps serving and the error shows in the status; with
-        nothing serving yet, this raises (Serve then reports the replica as failed)."""
+        nothing serving yet, this raises (Serve then reports the replica as failed). A poll
+        (``retry_failed=False``) does not fetch and hash a plan that already failed again."""
         async with self._sync_lock:
+            plan: ServingPlan | None = None
             try:
                 plan = await asyncio.to_thread(self._plan)
-                if plan == self.plan:
+                if plan == self.plan or (not retry_failed and plan == self._failed_plan):
                     return
                 models = {v: self.models.get(v) or await asyncio.to_thread(self._load, v)
                           for v in plan.versions}
@@ -104,10 +107,11 @@ class ModelHost:
                 if not self.models:
                     raise
                 served = ", ".join(map(str, self.models))
+                self._failed_plan = plan
                 self.load_error = f"{exc} (still serving version {served})"
                 logger.error("%s: %s", self.model_name, self.load_error)
                 return
-            self.models, self.plan, self.load_error = models, plan, None
+            self.models, self.plan, self.load_error, self._failed_plan = models, plan, None, None
             logger.info("%s: serving versions %s, default %s, labels %s", self.model_name,
                         list(plan.versions), plan.default, plan.labels)
 
@@ -117,7 +121,7 @@ class ModelHost:
         registry = Registry(self.registry_root)
         registered = registry.versions(self.model_name)
         provisional = plan_versions(self.model_name, self.settings, registered)
-        labels = {v: registry.get(self.model_name, v).metadata.get("labels", [])
+        labels = {v: registry.metadata(self.model_name, v).get("labels", [])
                   for v in provisional.versions}
         return plan_versions(self.model_name, self.settings, registered, labels)
 

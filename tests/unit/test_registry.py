@@ -36,6 +36,9 @@ def test_missing_model_and_version_errors_list_what_exists(tmp_path: Path, regis
         registry.get("other")
     with pytest.raises(RegistryError, match=r"no version 5 \(versions: \[1\]\)"):
         registry.get("m", 5)
+    assert registry.metadata("m", 1) == registry.get("m", 1).metadata
+    with pytest.raises(RegistryError, match="model 'm' has no version 5 in the registry at"):
+        registry.metadata("m", 5)
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "", ".hidden", "x" * 65])

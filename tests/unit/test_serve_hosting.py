@@ -83,6 +83,26 @@ def test_swaps_in_new_versions_and_keeps_serving_when_one_fails() -> None:
     run(scenario())
 
 
+def test_polling_does_not_reload_a_plan_that_failed_but_a_config_change_does() -> None:
+    async def scenario() -> None:
+        host = FakeRegistryHost([1])
+        await host.configure({})
+        host.registered.append(2)
+        host.broken.add(2)
+        await host.sync(retry_failed=False)  # a poll: tried once, fails
+        await host.sync(retry_failed=False)  # the next poll: same plan, not fetched again
+        assert host.loads == [1, 2] and "integrity check" in host.load_error
+        await host.configure({"refresh": 1})  # `maas serve refresh`: tried again
+        assert host.loads == [1, 2, 2]
+        host.broken.clear()
+        host.registered.append(3)  # a new registration changes the plan: tried at the next poll
+        await host.sync(retry_failed=False)
+        assert host.loads == [1, 2, 2, 3] and host.load_error is None
+        assert (await host.infer([[0.0, 0.0]]))["version"] == 3
+
+    run(scenario())
+
+
 def test_a_first_load_that_fails_raises_so_serve_marks_the_replica_failed() -> None:
     host = FakeRegistryHost([1], broken={1})
     with pytest.raises(ValueError, match="integrity check"):
