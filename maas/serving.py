@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from maas.config import default_registry_root
+from maas.config import default_registry_root, format_validation_error
 from maas.data import DataSchema
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -121,6 +121,27 @@ class IngressSettings(_Schema):
     (``hosting: ingress``), by name; applied live like a model deployment's."""
 
     models: dict[str, ModelSettings] = Field(default_factory=dict)
+
+
+def ingress_model_settings(user_config: dict[str, Any] | None,
+                           config: ServeAppConfig) -> dict[str, ModelSettings]:
+    """Settings for each model the ingress hosts: its entry in the Ingress's ``user_config``, else
+    its ``user_config`` in the app's args, else the defaults. Entries for models the ingress does
+    not host are refused, so a typo cannot silently leave a model on its old settings."""
+    from pydantic import ValidationError
+
+    try:
+        given = IngressSettings.model_validate(user_config or {}).models
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc, "user_config of Ingress")) from None
+    hosted = {m.name: m for m in config.models if m.hosting == "ingress"}
+    unknown = sorted(set(given) - set(hosted))
+    if unknown:
+        raise ValueError(f"user_config of Ingress has settings for {', '.join(unknown)}, which the "
+                         f"ingress does not host; models with hosting: ingress: "
+                         f"{', '.join(hosted) or 'none'}")
+    return {name: given.get(name) or endpoint.user_config or ModelSettings()
+            for name, endpoint in hosted.items()}
 
 
 @dataclass(frozen=True)
@@ -346,7 +367,7 @@ def v2_model_metadata(status: dict[str, Any]) -> dict[str, Any]:
     schema = DataSchema.from_dict(status["schema"])
     return {
         "name": status["name"],
-        "versions": [str(v) for v in status.get("served_versions", [status["version"]])],
+        "versions": [str(v) for v in status["served_versions"]],
         "platform": "tensorflow_keras",
         "inputs": [{"name": "inputs", "datatype": "BYTES" if schema.is_text else "FP32",
                     "shape": [-1, *schema.input_shape]}],

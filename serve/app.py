@@ -19,10 +19,9 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from maas.config import format_validation_error, validate_config
+from maas.config import validate_config
 from maas.serving import (
     CountBuffer,
-    IngressSettings,
     ModelEndpoint,
     ModelSettings,
     RequestError,
@@ -30,6 +29,7 @@ from maas.serving import (
     check_api_key,
     extract_rows,
     format_response,
+    ingress_model_settings,
     tf_serving_metadata,
     tf_serving_status,
     v2_model_metadata,
@@ -111,19 +111,8 @@ class Ingress:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Settings of the models hosted here (``IngressSettings``), applied live on every
         replica like a model deployment's: new versions load and warm while requests go on."""
-        from pydantic import ValidationError
-
-        try:
-            settings = IngressSettings.model_validate(user_config or {})
-        except ValidationError as exc:
-            raise ValueError(format_validation_error(exc, "user_config of Ingress")) from None
-        unknown = sorted(set(settings.models) - set(self.hosts))
-        if unknown:
-            raise ValueError(f"user_config of Ingress names {unknown}, which the ingress does not "
-                             f"host (hosting: ingress): {sorted(self.hosts) or 'none'}")
-        endpoints = {m.name: m for m in self.config.models}
-        for name, host in self.hosts.items():
-            await host.configure(settings.models.get(name) or endpoints[name].user_config)
+        for name, settings in ingress_model_settings(user_config, self.config).items():
+            await self.hosts[name].configure(settings)
 
     async def check_health(self) -> None:
         for host in self.hosts.values():

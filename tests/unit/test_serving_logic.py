@@ -216,8 +216,10 @@ def test_v2_and_tf_serving_bodies() -> None:
     out = v2_response("m", 3, np.ones((2, 2), dtype=np.float32), "req-1")
     assert out["model_version"] == "3" and out["id"] == "req-1"
     assert out["outputs"][0]["shape"] == [2, 2] and len(out["outputs"][0]["data"]) == 4
-    status = {"name": "m", "version": 3, "state": "AVAILABLE", "schema": SCHEMA.to_dict()}
+    status = {"name": "m", "version": 3, "state": "AVAILABLE", "schema": SCHEMA.to_dict(),
+              "served_versions": [2, 3]}
     assert v2_model_metadata(status)["inputs"][0] == {"name": "inputs", "datatype": "FP32", "shape": [-1, 3]}
+    assert v2_model_metadata(status)["versions"] == ["2", "3"]
     signature = tf_serving_metadata(status)["metadata"]["signature_def"]["signature_def"]["serving_default"]
     assert signature["outputs"]["probabilities"]["tensor_shape"]["dim"][1]["size"] == "2"
 
@@ -232,3 +234,21 @@ def test_request_counts_are_summed_per_tag_set_until_drained() -> None:
     assert sorted(counts.drain(), key=lambda c: c[0]["status"]) == [
         ({"model": "m", "status": "200"}, 3), ({"model": "m", "status": "400"}, 1)]
     assert counts.drain() == []
+
+
+def test_ingress_settings_fall_back_per_model_and_refuse_unknown_names() -> None:
+    from maas.serving import ServeAppConfig, ingress_model_settings
+
+    config = ServeAppConfig.model_validate({"models": [
+        {"name": "a", "hosting": "ingress"},
+        {"name": "b", "hosting": "ingress", "user_config": {"max_batch_size": 4}},
+        {"name": "c"}]})
+    settings = ingress_model_settings({"models": {"a": {"max_batch_size": 8}}}, config)
+    assert {name: s.max_batch_size for name, s in settings.items()} == {"a": 8, "b": 4}
+    assert ingress_model_settings(None, config)["a"].max_batch_size == 32  # defaults
+    with pytest.raises(ValueError, match="settings for c, which the ingress does not host"):
+        ingress_model_settings({"models": {"c": {}}}, config)
+    with pytest.raises(ValueError, match="user_config of Ingress"):
+        ingress_model_settings({"models": {"a": {"max_batch_size": 0}}}, config)
+    with pytest.raises(ValueError, match="user_config of Ingress"):
+        ingress_model_settings({"modles": {}}, config)
