@@ -326,7 +326,6 @@ def test_replicas_scale_up_under_load_and_back_down(endpoint, tiny_job, hosting)
 
 def test_a_full_queue_answers_503_with_retry_after(endpoint, tiny_job) -> None:
     """Past max_queued_requests the model answers at once with 503 + Retry-After, never a hang."""
-    from concurrent.futures import ThreadPoolExecutor
 
     from ray import serve
 
@@ -341,22 +340,29 @@ def test_a_full_queue_answers_503_with_retry_after(endpoint, tiny_job) -> None:
     config = {"registry_root": tiny_job.registry.root, "models": [{"name": "digits_mlp"}],
               "retry_after_s": 3}
     serve.run(Ingress.bind({"digits_mlp": model}, config), name="tight", route_prefix="/tight")
-    body = {"instances": [np.zeros((8, 8)).tolist()]}
     try:
-        with ThreadPoolExecutor(8) as pool:
-            replies = list(pool.map(lambda _: requests.post(
-                f"{endpoint}/tight/v1/models/digits_mlp:predict", json=body, timeout=60), range(8)))
-        codes = sorted(r.status_code for r in replies)
-        assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
-        refused = next(r for r in replies if r.status_code == 503)
+        refused = _burst_refused(f"{endpoint}/tight", 8)
         assert refused.headers["Retry-After"] == "3" and "overloaded" in refused.json()["error"]
     finally:
         serve.delete("tight")
 
 
+def _burst_refused(app_url: str, count: int) -> requests.Response:
+    """Send ``count`` single-row predicts at once; some must pass, some be refused with 503: the
+    first refusal."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"instances": [np.zeros((8, 8)).tolist()]}
+    with ThreadPoolExecutor(count) as pool:
+        replies = list(pool.map(lambda _: requests.post(
+            f"{app_url}/v1/models/digits_mlp:predict", json=body, timeout=60), range(count)))
+    codes = sorted(r.status_code for r in replies)
+    assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
+    return next(r for r in replies if r.status_code == 503)
+
+
 def test_a_model_in_the_ingress_answers_503_past_max_pending_requests(endpoint, tiny_job) -> None:
     """hosting: ingress bounds each model's waiting requests itself (max_pending_requests)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     from ray import serve
 
@@ -366,14 +372,8 @@ def test_a_model_in_the_ingress_answers_503_past_max_pending_requests(endpoint, 
     serve.run(build_app({"registry_root": tiny_job.registry.root, "retry_after_s": 3, "models": [
         {"name": "digits_mlp", "hosting": "ingress", "user_config": settings}]}),
         name="pending", route_prefix="/pending")
-    body = {"instances": [np.zeros((8, 8)).tolist()]}
     try:
-        with ThreadPoolExecutor(6) as pool:
-            replies = list(pool.map(lambda _: requests.post(
-                f"{endpoint}/pending/v1/models/digits_mlp:predict", json=body, timeout=60), range(6)))
-        codes = sorted(r.status_code for r in replies)
-        assert set(codes) == {200, 503} and codes.count(200) >= 1, codes
-        refused = next(r for r in replies if r.status_code == 503)
+        refused = _burst_refused(f"{endpoint}/pending", 6)
         assert refused.headers["Retry-After"] == "3"
         assert "max_pending_requests=1" in refused.json()["error"]
     finally:
