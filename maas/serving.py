@@ -56,8 +56,9 @@ class VersionPolicy(_Schema):
 
 
 class ModelSettings(_Schema):
-    """A model deployment's ``user_config``: changes apply live through ``reconfigure``, on every
-    replica, without a restart."""
+    """One model's settings: its deployment's ``user_config``, or its entry in the Ingress's for a
+    model hosted there. Changes apply live through ``reconfigure``, on every replica, without a
+    restart."""
 
     versions: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
     # label -> version number or "latest". A labelled version is served even outside the policy.

@@ -80,6 +80,20 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> Res
     return error_response(f"invalid request: {problems}", 400)
 
 
+class _DeploymentModel:
+    """A model in a deployment of its own, behind the same two calls as an in-process
+    ``ModelHost``, so the ingress routes to either the same way."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
+
+    async def infer(self, payload: Any, protocol: str, version: str | None, label: str | None) -> dict:
+        return await self.handle.infer.remote(payload, protocol, version, label)
+
+    async def status(self, version: str | None = None, label: str | None = None) -> dict:
+        return await self.handle.status.remote(version, label)
+
+
 @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(http)
 class Ingress:
@@ -90,13 +104,13 @@ class Ingress:
         from ray.util import metrics
 
         self.config = ServeAppConfig.model_validate(config)
-        self.handles = handles
         hosted = [m.name for m in self.config.models if m.hosting == "ingress"]
         observe = model_call_metrics() if hosted else None
         root = self.config.resolved_root()
         self.hosts = {name: ModelHost(name, root, self.config.max_rows_per_request, observe)
                       for name in hosted}
-        self.model_names = sorted({*handles, *self.hosts})
+        self.models: dict[str, ModelHost | _DeploymentModel] = {
+            **{name: _DeploymentModel(handle) for name, handle in handles.items()}, **self.hosts}
         self.api_keys = self.config.resolved_api_keys()
         self.requests = metrics.Counter(
             "maas_requests_total", "HTTP requests by model, version, status and route",
@@ -124,17 +138,11 @@ class Ingress:
 
     # --- plumbing --------------------------------------------------------------------------
 
-    def _check_served(self, name: str) -> None:
-        if name not in self.hosts and name not in self.handles:
-            served = ", ".join(self.model_names) or "none"
+    def _model(self, name: str) -> ModelHost | _DeploymentModel:
+        if name not in self.models:
+            served = ", ".join(sorted(self.models)) or "none"
             raise RequestError(f"model '{name}' is not served here (served models: {served})", 404)
-
-    async def _infer(self, name: str, payload: Any, route: str, version: str | None,
-                     label: str | None) -> dict:
-        host = self.hosts.get(name)
-        if host is not None:
-            return await host.infer(payload, route, version, label)
-        return await self.handles[name].infer.remote(payload, route, version, label)
+        return self.models[name]
 
     async def _read_json(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
@@ -150,12 +158,7 @@ class Ingress:
             raise RequestError(f"request body is not valid JSON: {exc}") from None
 
     async def _status(self, name: str, version: str | None = None, label: str | None = None) -> dict:
-        self._check_served(name)
-        host = self.hosts.get(name)
-        if host is not None:
-            status = await host.status(version, label)
-        else:
-            status = await self.handles[name].status.remote(version, label)
+        status = await self._model(name).status(version, label)
         if "error" in status:
             raise RequestError(status["error"], status["status"])
         return status
@@ -166,13 +169,13 @@ class Ingress:
         served_version = ""
         try:
             check_api_key(request.headers, self.api_keys)
-            self._check_served(name)
+            model = self._model(name)
             payload = await self._read_json(request)
             if route == "v1":
                 rows, context = extract_rows(payload)
             else:  # the replica parses the tensor against the version's own schema
                 rows, context = payload, payload.get("id") if isinstance(payload, dict) else None
-            result = await self._infer(name, rows, route, version, label)
+            result = await model.infer(rows, route, version, label)
             if "error" in result:
                 raise RequestError(result["error"], result["status"])
             served_version = str(result["version"])
@@ -189,7 +192,7 @@ class Ingress:
         return response
 
     def _record(self, name: str, version: str, status: int, route: str, started: float) -> None:
-        model = name if name in self.hosts or name in self.handles else "_unknown"  # bound the tag's values
+        model = name if name in self.models else "_unknown"  # bound the tag's values
         tags = {"model": model, "version": version or "_none"}
         self.pending_counts.add({**tags, "status": str(status), "route": route})
         self.latency.observe((time.perf_counter() - started) * 1000, tags=tags)
@@ -218,7 +221,7 @@ class Ingress:
 
     @http.get("/healthz")
     async def healthz(self) -> Response:
-        return json_response({"status": "ok", "models": self.model_names})
+        return json_response({"status": "ok", "models": sorted(self.models)})
 
     # --- TensorFlow Serving REST (v1) ------------------------------------------------------
 
