@@ -23,11 +23,17 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import REPO, free_port, publish_model, run_wrk, wait_ready  # noqa: E402
+from serve_load import free_port, publish_model, run_wrk, start_ours, wait_ready  # noqa: E402
 
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
                "upscale_delay_s": 1, "downscale_delay_s": 5, "metrics_interval_s": 0.5,
                "look_back_period_s": 2}
+
+
+def with_autoscaling(config: dict) -> dict:
+    app = config["applications"][0]
+    next(d for d in app["deployments"] if d["name"] == "Ingress")["autoscaling_config"] = AUTOSCALING
+    return config
 
 
 def ingress_replicas(env: dict[str, str]) -> int:
@@ -43,18 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     publish_model(f"{work}/registry")
-    config = yaml.safe_load((REPO / "configs/serve/digits.yaml").read_text())
     port = free_port()
-    config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"]["registry_root"] = f"{work}/registry"
-    next(d for d in app["deployments"] if d["name"] == "Ingress")["autoscaling_config"] = AUTOSCALING
-    (work / "serve.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-           "RAY_SERVE_ENABLE_HA_PROXY": "1"}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", "--address", "local",
-                               str(work / "serve.yaml")], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    # Ray's default worker niceness (15), as this check was first run with
+    server = start_ours(f"{work}/registry", port, work, haproxy=True, niceness=15, edit=with_autoscaling)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # for `serve status` against that Ray
     url = f"http://127.0.0.1:{port}/v1/models/digits_mlp:predict"
     body = '{"instances": [' + str([[0.0] * 8] * 8) + "]}"
     try:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,13 @@ def as_deployment_hosting(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int,
-               deployment_hosting: bool = False) -> subprocess.Popen:
+               edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> subprocess.Popen:
+    """``serve run`` of configs/serve/digits.yaml (changed by ``edit`` if given) on a Ray of its own."""
     import yaml
 
     config = yaml.safe_load((REPO / "configs/serve/digits.yaml").read_text())
-    if deployment_hosting:
-        config = as_deployment_hosting(config)
+    if edit is not None:
+        config = edit(config)
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["registry_root"] = root
     path = work / "serve.yaml"
@@ -195,7 +197,7 @@ def main() -> None:
                                                    start_new_session=True),
             "ours": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy, args.worker_niceness),
             "ours_deployment": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy,
-                                                    args.worker_niceness, deployment_hosting=True),
+                                                    args.worker_niceness, edit=as_deployment_hosting),
         }
         # Rounds in alternating order: this VM's speed drifts by tens of percent between minutes,
         # and a ratio of two back-to-back measurements is what we trust.
