@@ -66,7 +66,8 @@ def job_overrides(case: Case, data: Path, workers: int, epochs: int, spe: int, w
 PLAIN = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from maas.config import TrainJobConfig, validate_config, apply_overrides
+from maas.config import TrainJobConfig, apply_overrides
+from maas.schema import validate_config
 from maas.data import load_dataset, feature_stats
 from maas.models import build_model, compile_model
 from maas.tfkeras import keras
@@ -98,7 +99,8 @@ def plain_fit(case: Case, data: Path, epochs: int, work: Path) -> float:
 def ray_train(case: Case, data: Path, workers: int, epochs: int, spe: int, work: Path,
               name: str) -> tuple[float, float]:
     """(b)/(c): our real training loop; returns (samples/s after warm-up, start-up seconds)."""
-    from maas.config import TrainJobConfig, apply_overrides, validate_config
+    from maas.config import TrainJobConfig, apply_overrides
+    from maas.schema import validate_config
     from maas.training import build_trainer
 
     cfg = validate_config(TrainJobConfig, apply_overrides({}, job_overrides(case, data, workers, epochs,

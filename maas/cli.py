@@ -91,7 +91,7 @@ def list_models(registry: Registry) -> str:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from maas.config import ConfigError
+    from maas.errors import ConfigError
     from maas.servectl import ServeCtlError, apply, version_changes
     from maas.serving import ModelSettings
 

@@ -12,18 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from maas.errors import ConfigError
+from maas.schema import NAME_PATTERN, StrictSchema, validate_config
 
 DEFAULT_REGISTRY_ENV = "MAAS_REGISTRY"
 DEFAULT_STORAGE_ENV = "MAAS_STORAGE"
-
-
-class ConfigError(ValueError):
-    """A configuration a user wrote is wrong; the message says what and what was expected."""
-
-
-class _Schema(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 def default_registry_root() -> str:
@@ -44,7 +39,7 @@ DatasetName = Literal["digits", "breast_cancer", "reviews", "csv", "parquet", "n
 BUILTIN_DATASETS = ("digits", "breast_cancer", "reviews")
 
 
-class DataConfig(_Schema):
+class DataConfig(StrictSchema):
     source: DatasetName = "digits"
     path: str | None = Field(None, description="File for csv/parquet/npz sources.")
     label_column: str = "label"
@@ -68,7 +63,7 @@ class DataConfig(_Schema):
 Activation = Literal["relu", "gelu", "tanh", "elu", "selu", "swish", "sigmoid"]
 
 
-class ModelConfig(_Schema):
+class ModelConfig(StrictSchema):
     type: Literal["mlp", "cnn", "text"] = "mlp"
     hidden_units: list[int] = Field(default_factory=lambda: [128, 64])
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -91,14 +86,14 @@ class ModelConfig(_Schema):
         return sizes
 
 
-class OptimizerConfig(_Schema):
+class OptimizerConfig(StrictSchema):
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     learning_rate: float = Field(1e-3, gt=0, le=10)
     # Linear scaling rule (Goyal et al. 2017): lr x num_workers, as the global batch grows with them.
     scale_lr_with_workers: bool = False
 
 
-class TrainingConfig(_Schema):
+class TrainingConfig(StrictSchema):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1, description="Per-worker batch; global = this x workers.")
     seed: int = 0
@@ -107,7 +102,7 @@ class TrainingConfig(_Schema):
     mixed_precision: bool = Field(False, description="float16 compute on GPUs; ignored on CPU.")
 
 
-class ScalingSection(_Schema):
+class ScalingSection(StrictSchema):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: Literal["auto"] | bool = Field("auto", description="auto: GPUs when the cluster has them")
@@ -123,7 +118,7 @@ class ScalingSection(_Schema):
         return resources
 
 
-class RunSection(_Schema):
+class RunSection(StrictSchema):
     name: str | None = Field(None, description="Ray Train run name; default <model>-<timestamp>.")
     storage_path: str = Field(default_factory=default_storage_path)
     max_failures: int = Field(2, ge=-1, description="Worker-group restarts from the last checkpoint")
@@ -131,12 +126,12 @@ class RunSection(_Schema):
     checkpoints_to_keep: int = Field(2, ge=1)
 
 
-class RegistrySection(_Schema):
+class RegistrySection(StrictSchema):
     root: str = Field(default_factory=default_registry_root)
-    model_name: str = Field("digits_mlp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model_name: str = Field("digits_mlp", pattern=NAME_PATTERN)
 
 
-class TrainJobConfig(_Schema):
+class TrainJobConfig(StrictSchema):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -180,11 +175,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     result = dict(raw)
     for override in overrides:
         path, value = parse_override(override)
-        result = deep_merge(result, _nested(path, value))
+        result = deep_merge(result, nested(path, value))
     return result
 
 
-def _nested(path: Sequence[str], value: Any) -> dict[str, Any]:
+def nested(path: Sequence[str], value: Any) -> dict[str, Any]:
     nested: Any = value
     for part in reversed(path):
         nested = {part: nested}
@@ -206,30 +201,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"]) or "<top>"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see configs/ for the accepted keys)"
-        given = error.get("input")
-        shown = "" if error["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
-        lines.append(f"  {location}: {message}{shown}")
-    return "\n".join(lines)
-
-
-def validate_config(schema: type[_Schema], raw: dict[str, Any], source: str = "config") -> Any:
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
-
-
 def load_config(
     paths: str | Path | Sequence[str | Path],
     overrides: Iterable[str] = (),
-    schema: type[_Schema] = TrainJobConfig,
+    schema: type[StrictSchema] = TrainJobConfig,
 ) -> Any:
     """Read one or more YAML files (later ones overlay earlier ones), apply overrides, validate."""
     if isinstance(paths, (str, Path)):

@@ -14,10 +14,7 @@ from typing import Any
 import numpy as np
 
 from maas.config import DataConfig
-
-
-class DataError(ValueError):
-    """The data a user pointed at cannot be used; the message names the file and column."""
+from maas.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -12,31 +12,28 @@ import numpy as np
 
 from maas.config import ModelConfig, OptimizerConfig
 from maas.data import DataSchema
+from maas.errors import ModelError
 from maas.tfkeras import keras
-
-
-class ModelConfigError(ValueError):
-    """The model config does not fit the data (e.g. a CNN on tabular rows)."""
 
 
 def check_compatible(cfg: ModelConfig, schema: DataSchema) -> None:
     """Fail on the driver, before any worker starts, when model and data do not fit."""
     if (cfg.type == "text") != schema.is_text:
         wanted = "model.type=text" if schema.is_text else "model.type=mlp or cnn"
-        raise ModelConfigError(
+        raise ModelError(
             f"model.type={cfg.type} does not fit data '{schema.source}' "
             f"({'text' if schema.is_text else 'numeric'} input): use {wanted}"
         )
     if cfg.type == "cnn":
         if not schema.is_image:
-            raise ModelConfigError(
+            raise ModelError(
                 f"model.type=cnn needs image-shaped input (H, W) or (H, W, C); "
                 f"data '{schema.source}' has rows of shape {schema.input_shape}. Use model.type=mlp."
             )
         smallest = min(schema.input_shape[:2])
         pools = len(cfg.conv_filters)
         if smallest // (2 ** max(pools - 1, 0)) < 1 or not cfg.conv_filters:
-            raise ModelConfigError(
+            raise ModelError(
                 f"model.conv_filters has {pools} conv blocks; input {schema.input_shape} is too small "
                 f"for that many poolings (at most {int(np.log2(smallest)) + 1})"
             )

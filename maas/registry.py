@@ -27,17 +27,13 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from maas.errors import IntegrityError, RegistryError
+from maas.schema import NAME_PATTERN as MODEL_NAME_PATTERN
+from maas.storage import absolute, is_uri
+
 METADATA_FILE = "metadata.json"
 STAGING_DIR = ".staging"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class RegistryError(LookupError):
-    """A model or version is missing or unusable; the message says which and what exists."""
-
-
-class IntegrityError(RegistryError):
-    """A version's files do not match the content hash recorded when it was published."""
+NAME_PATTERN = re.compile(MODEL_NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -88,10 +84,10 @@ class Registry:
         self.root_uri = root
         if filesystem is not None:  # an explicit pyarrow filesystem (tests, custom credentials)
             self.fs, self.root = filesystem, root
-        elif "://" in root:
+        elif is_uri(root):
             self.fs, self.root = pafs.FileSystem.from_uri(root)
         else:
-            self.fs, self.root = pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+            self.fs, self.root = pafs.LocalFileSystem(), absolute(root)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     # --- reading --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from maas.config import validate_config
+from maas.schema import validate_config
 from maas.serving import ModelSettings, ServeAppConfig, plan_versions
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"

@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from maas.config import default_registry_root, format_validation_error
+from maas.config import default_registry_root
 from maas.data import DataSchema
+from maas.schema import format_validation_error
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 

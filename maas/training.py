@@ -25,7 +25,9 @@ import numpy as np
 
 from maas.config import TrainJobConfig, config_to_dict
 from maas.data import Splits, feature_stats, load_dataset, shard_indices
+from maas.errors import ConfigError
 from maas.models import build_model, check_compatible, compile_model, effective_learning_rate
+from maas.storage import absolute, filesystem_for
 from maas.tfkeras import keras, load_model, save_model, tensorflow
 
 MODEL_FILE = "model.keras"
@@ -34,7 +36,7 @@ WORKERS_DIR = "workers"
 PLACEMENT_GROUP_KEY = "placement_group_id"  # reported each epoch beside the metrics
 
 
-class TrainingInputError(ValueError):
+class TrainingInputError(ConfigError):
     """The job cannot run as configured; raised on the driver before any worker starts."""
 
 
@@ -247,13 +249,6 @@ def _publish_gauges(gauges: dict[str, Any], metrics: dict[str, float], run: str)
             gauge.set(float(metrics[name]), tags={"run": run})
 
 
-def filesystem_for(uri: str) -> tuple[Any, str]:
-    """(pyarrow filesystem, path) for a local path or any filesystem URI (s3://, gs://, ...)."""
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-
-
 def _write_worker_record(run_dir: str, record: dict[str, Any]) -> None:
     """One JSON per rank beside the run's checkpoints: what each worker actually trained on."""
     fs, path = filesystem_for(run_dir)
@@ -349,7 +344,7 @@ def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    storage = _absolute_storage(storage_path or cfg.run.storage_path)
+    storage = absolute(storage_path or cfg.run.storage_path)
     return TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={"job": config_to_dict(cfg), "run_dir": f"{storage}/{run_name}",
@@ -369,10 +364,6 @@ def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False,
     )
 
 
-def _absolute_storage(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
 def choose_run_name(cfg: TrainJobConfig, run_name: str | None = None) -> str:
     """Ray resumes any run whose name exists in storage; make that a decision, not an accident."""
     name = run_name or cfg.run.name
@@ -380,7 +371,7 @@ def choose_run_name(cfg: TrainJobConfig, run_name: str | None = None) -> str:
         if cfg.run.resume:
             raise TrainingInputError("run.resume=true needs run.name (the run to continue)")
         return default_run_name(cfg)
-    fs, path = filesystem_for(f"{_absolute_storage(cfg.run.storage_path)}/{name}")
+    fs, path = filesystem_for(f"{absolute(cfg.run.storage_path)}/{name}")
     import pyarrow.fs as pafs
 
     exists = fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -415,7 +406,7 @@ def run_training(cfg: TrainJobConfig, run_name: str | None = None,
     metrics = dict(result.return_value or {})
     if result.checkpoint is None:
         raise RuntimeError(f"training run '{run_name}' finished without a checkpoint")
-    run_dir = f"{_absolute_storage(cfg.run.storage_path)}/{run_name}"
+    run_dir = f"{absolute(cfg.run.storage_path)}/{run_name}"
     history = metrics.pop("history", [])
     confusion = metrics.pop("confusion_matrix", None)
     with result.checkpoint.as_directory() as directory:

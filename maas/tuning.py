@@ -21,22 +21,21 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from maas.config import (
-    ConfigError,
     TrainJobConfig,
-    _nested,
-    _Schema,
     config_to_dict,
     deep_merge,
     default_storage_path,
+    nested,
     read_yaml,
-    validate_config,
 )
+from maas.errors import ConfigError, InterruptedRunError
+from maas.schema import NAME_PATTERN, StrictSchema, validate_config
 
 # ---------------------------------------------------------------------------------------------
 # Schema
 
 
-class _Interval(_Schema):
+class _Interval(StrictSchema):
     @model_validator(mode="after")
     def _ordered(self) -> _Interval:
         if self.low >= self.high:  # type: ignore[attr-defined]
@@ -56,7 +55,7 @@ class Uniform(_Interval):
     high: float
 
 
-class IntRange(_Schema):
+class IntRange(StrictSchema):
     type: Literal["randint"]
     low: int
     high: int = Field(description="inclusive")
@@ -68,7 +67,7 @@ class IntRange(_Schema):
         return self
 
 
-class Choice(_Schema):
+class Choice(StrictSchema):
     type: Literal["choice"]
     values: list[Any] = Field(min_length=1)
 
@@ -76,12 +75,12 @@ class Choice(_Schema):
 Domain = Annotated[LogUniform | Uniform | IntRange | Choice, Field(discriminator="type")]
 
 
-class AshaSection(_Schema):
+class AshaSection(StrictSchema):
     grace_period: int = Field(2, ge=1, description="epochs every trial gets before it can be stopped")
     reduction_factor: float = Field(2, gt=1)
 
 
-class SearchSection(_Schema):
+class SearchSection(StrictSchema):
     metric: str = "val_accuracy"
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(8, ge=1)
@@ -94,8 +93,8 @@ class SearchSection(_Schema):
     space: dict[str, Domain] = Field(min_length=1)
 
 
-class TuneJobConfig(_Schema):
-    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+class TuneJobConfig(StrictSchema):
+    name: str = Field("sweep", pattern=NAME_PATTERN)
     train_config: list[str] = Field(min_length=1, description="training YAML(s), relative to this file")
     train_overrides: dict[str, Any] = Field(default_factory=dict)
     storage_path: str = Field(default_factory=default_storage_path)
@@ -124,7 +123,7 @@ def _check_space_key(base_raw: dict[str, Any], key: str, domain: Any, path: Path
     samples = domain.values if isinstance(domain, Choice) else [domain.low, domain.high]
     for value in samples:
         try:
-            validate_config(TrainJobConfig, deep_merge(base_raw, _nested(key.split("."), value)))
+            validate_config(TrainJobConfig, deep_merge(base_raw, nested(key.split("."), value)))
         except ConfigError as exc:
             raise ConfigError(f"{path}: search.space.{key} = {value!r} is not a valid training "
                               f"config value:\n{exc}") from None
@@ -134,7 +133,7 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any
     """The training config of one trial: the base with the sampled dotted keys set."""
     job = base
     for key, value in sampled.items():
-        job = deep_merge(job, _nested(key.split("."), value))
+        job = deep_merge(job, nested(key.split("."), value))
     return job
 
 
@@ -376,7 +375,7 @@ def _watch_ctrl_c() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, before)
 
 
-class SweepInterrupted(RuntimeError):
+class SweepInterrupted(InterruptedRunError):
     """The sweep stopped before every trial finished; its state is saved for --resume."""
 
 
@@ -431,7 +430,8 @@ def _register_best(cfg: TuneJobConfig, base: TrainJobConfig, splits: Any, best: 
                    rows: list[dict[str, Any]]) -> Any:
     import pyarrow.fs as pafs
 
-    from maas.training import evaluate_checkpoint, filesystem_for, publish_model
+    from maas.storage import filesystem_for
+    from maas.training import evaluate_checkpoint, publish_model
 
     sampled = best["_params"]
     trial_cfg = TrainJobConfig.model_validate(trial_config(config_to_dict(base), sampled))

@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from maas.config import validate_config
+from maas.schema import validate_config
 from maas.serving import (
     CountBuffer,
     ModelEndpoint,

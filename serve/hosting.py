@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from maas.config import format_validation_error
+from maas.schema import format_validation_error
 from maas.serving import (
     LoadedModel,
     ModelSettings,

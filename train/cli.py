@@ -7,7 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from maas.config import ConfigError, TrainJobConfig, load_config
+from maas.config import TrainJobConfig, load_config
+from maas.errors import ConfigError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

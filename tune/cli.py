@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from maas.config import ConfigError
+from maas.errors import ConfigError
 from maas.tuning import SweepInterrupted, load_tune_config
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maas.config import validate_config
+from maas.schema import validate_config
 from maas.serving import IngressSettings, ModelSettings, ServeAppConfig
 from tests.conftest import REPO
 

@@ -5,7 +5,8 @@ import pytest
 
 from maas.config import ModelConfig, OptimizerConfig
 from maas.data import DataSchema
-from maas.models import ModelConfigError, build_model, check_compatible, compile_model
+from maas.errors import ModelError
+from maas.models import build_model, check_compatible, compile_model
 
 IMAGE = DataSchema(input_shape=(8, 8), classes=list(range(10)), source="test-images")
 TABULAR = DataSchema(input_shape=(5,), classes=["a", "b"], source="test-table")
@@ -43,12 +44,12 @@ def test_normalisation_lives_inside_the_model() -> None:
 
 
 def test_cnn_on_tabular_data_is_refused_with_advice() -> None:
-    with pytest.raises(ModelConfigError, match=r"needs image-shaped input.*Use model.type=mlp"):
+    with pytest.raises(ModelError, match=r"needs image-shaped input.*Use model.type=mlp"):
         check_compatible(ModelConfig(type="cnn"), TABULAR)
 
 
 def test_too_many_poolings_for_input_is_refused() -> None:
-    with pytest.raises(ModelConfigError, match="too small"):
+    with pytest.raises(ModelError, match="too small"):
         check_compatible(ModelConfig(type="cnn", conv_filters=[4] * 6), IMAGE)
 
 
@@ -83,9 +84,9 @@ def test_text_models_take_raw_strings(encoder: str) -> None:
 
 
 def test_text_model_on_numbers_and_numbers_model_on_text_are_refused() -> None:
-    with pytest.raises(ModelConfigError, match="use model.type=text"):
+    with pytest.raises(ModelError, match="use model.type=text"):
         check_compatible(ModelConfig(type="mlp"), TEXT)
-    with pytest.raises(ModelConfigError, match="use model.type=mlp or cnn"):
+    with pytest.raises(ModelError, match="use model.type=mlp or cnn"):
         check_compatible(ModelConfig(type="text"), TABULAR)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from maas.config import ConfigError
+from maas.errors import ConfigError
 from maas.servectl import (
     ServeCtlError,
     live_config,

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from maas.config import ConfigError, validate_config
 from maas.data import DataSchema
+from maas.errors import ConfigError
+from maas.schema import validate_config
 from maas.serving import (
     ModelSettings,
     RequestError,

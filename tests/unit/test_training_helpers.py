@@ -3,9 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maas.config import TrainJobConfig, validate_config
+from maas.config import TrainJobConfig
 from maas.data import load_dataset
-from maas.models import ModelConfigError
+from maas.errors import ModelError
+from maas.schema import validate_config
 from maas.training import (
     TrainingInputError,
     check_capacity,
@@ -36,7 +37,7 @@ def test_too_few_rows_for_workers_times_batch_is_refused() -> None:
 
 def test_cnn_on_tabular_data_is_refused_before_ray() -> None:
     job = _job(data={"source": "breast_cancer"}, model={"type": "cnn"})
-    with pytest.raises(ModelConfigError):
+    with pytest.raises(ModelError):
         check_job(job, load_dataset(job.data))
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maas.config import ConfigError
+from maas.errors import ConfigError
 from maas.tuning import (
     Choice,
     SearchSection,

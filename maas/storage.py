@@ -1,0 +1,26 @@
+"""Local paths and filesystem URIs (``s3://``, ``gs://``, ...) handled one way everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def is_uri(location: str) -> bool:
+    """A filesystem URI such as ``s3://bucket/x``, as opposed to a local path."""
+    return "://" in location
+
+
+def absolute(location: str) -> str:
+    """A URI as it is; a local path expanded (``~``) and made absolute. Ray jobs run in a copy of
+    the working directory, so a relative path would write somewhere that vanishes with the job."""
+    return location if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
+def filesystem_for(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) for a local path or any filesystem URI."""
+    import pyarrow.fs as pafs
+
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), location
