@@ -1,5 +1,6 @@
 """``python -m maas models list|show``: what the registry holds; ``status``: the cluster on one
-screen; ``serve versions|rollback|refresh|show``: what a running Serve app serves."""
+screen; ``serve versions|rollback|refresh|show``: what a running Serve app serves; ``serve
+schema``: what a Serve config file may say about our application."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from maas.config import default_registry_root
-from maas.registry import Registry, RegistryError
+from maas.errors import MaasError
+from maas.registry import ModelVersion, Registry
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -21,9 +23,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     models = groups.add_parser("models", help="registered models").add_subparsers(
         dest="action", required=True)
     models.add_parser("list", help="one line per model: latest version and its test accuracy")
-    show = models.add_parser("show", help="a version's metadata as JSON")
+    show = models.add_parser("show", help="a version's metrics, confusion matrix and lineage")
     show.add_argument("name")
     show.add_argument("--version", default="latest", help="number, 'latest' or a label")
+    show.add_argument("--json", action="store_true", help="the version's whole metadata as JSON")
     status = groups.add_parser("status", help="cluster resources, jobs and served models, on one screen")
     status.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or auto)")
     _add_serve_commands(groups)
@@ -39,6 +42,8 @@ def _add_serve_commands(groups: argparse._SubParsersAction) -> None:
         "refresh": actions.add_parser("refresh", help="re-read the registry now (new versions)"),
         "show": actions.add_parser("show", help="print the model's current user_config"),
     }
+    actions.add_parser("schema", help="the JSON schema of our app's args and user_config in a "
+                                      "Serve config file (configs/serve/*.yaml)")
     for parser in parsers.values():
         parser.add_argument("model")
         parser.add_argument("--app", default="maas", help="Serve application name (default: maas)")
@@ -56,23 +61,27 @@ def _add_serve_commands(groups: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        print(run(args))
+    except MaasError as exc:  # a user's mistake: its message; a bug keeps its traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def run(args: argparse.Namespace) -> str:
+    """What the command prints."""
     if args.group == "status":
         from maas.status import collect, render
 
-        print(render(collect(args.address)))
-        return 0
+        return render(collect(args.address))
     if args.group == "serve":
         return serve_command(args)
     registry = Registry(args.registry or default_registry_root())
-    try:
-        if args.action == "list":
-            print(list_models(registry))
-        else:
-            print(json.dumps(registry.get(args.name, args.version).metadata, indent=2))
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if args.action == "list":
+        return list_models(registry)
+    entry = registry.get(args.name, args.version)
+    return json.dumps(entry.metadata, indent=2) if args.json else show_version(entry)
 
 
 def list_models(registry: Registry) -> str:
@@ -90,23 +99,50 @@ def list_models(registry: Registry) -> str:
     return "\n".join(lines)
 
 
-def serve_command(args: argparse.Namespace) -> int:
-    from maas.errors import ConfigError
-    from maas.servectl import ServeCtlError, apply, version_changes
-    from maas.serving import ModelSettings
+def show_version(entry: ModelVersion) -> str:
+    """A version for a person: metrics as a table, the confusion matrix as a grid, lineage."""
+    meta = entry.metadata
+    lines = [f"{entry.name} version {entry.version}  created {meta.get('created_at', '-')}  "
+             f"format {meta.get('format', '-')}  run {meta.get('run_id', '-')}", "", "metrics"]
+    metrics = meta.get("metrics") or {}
+    width = max((len(k) for k in metrics), default=0)
+    lines += [f"  {key:<{width}}  {_number(value)}" for key, value in sorted(metrics.items())] or ["  none"]
+    for section in ("training", "lineage", "sweep"):
+        if isinstance(meta.get(section), dict):
+            lines += ["", section] + [f"  {k}: {_number(v)}" for k, v in meta[section].items()]
+    matrix = meta.get("confusion_matrix")
+    if matrix:
+        classes = (meta.get("schema") or {}).get("classes") or list(range(len(matrix)))
+        lines += ["", "confusion matrix (rows: true class, columns: predicted)", *_grid(matrix, classes)]
+    lines += ["", f"uri: {entry.uri}", "all metadata: add --json"]
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _grid(matrix: list[list[int]], classes: list[Any]) -> list[str]:
+    labels = [str(c) for c in classes]
+    width = max(len(x) for x in [*labels, *(str(v) for row in matrix for v in row)]) + 1
+    header = " " * width + " " + "".join(f"{c:>{width}}" for c in labels)
+    rows = [f"{label:>{width}} " + "".join(f"{v:>{width}}" for v in row)
+            for label, row in zip(labels, matrix, strict=False)]
+    return [header, *rows]
+
+
+def serve_command(args: argparse.Namespace) -> str:
+    if args.action == "schema":
+        from maas.serving.settings import settings_json_schema
+
+        return json.dumps(settings_json_schema(), indent=2)
+    from maas.servectl import apply, version_changes
+    from maas.serving.settings import ModelSettings
 
     def edit(current: ModelSettings) -> dict[str, Any]:
         return version_changes(args.versions, args.label, args.default, args.poll, current)
 
-    try:
-        settings = apply(args.address, args.app, args.model, args.action, getattr(args, "to", None),
-                         args.registry, edit if args.action == "versions" else None)
-    except (ServeCtlError, ConfigError, LookupError) as exc:  # RegistryError is a LookupError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ConnectionError, RuntimeError) as exc:  # dashboard unreachable or refused
-        print(f"error: could not reach the Ray dashboard: {exc}", file=sys.stderr)
-        return 1
+    settings = apply(args.address, args.app, args.model, args.action, getattr(args, "to", None),
+                     args.registry, edit if args.action == "versions" else None)
     verb = "current" if args.action == "show" else "deployed"
-    print(f"{args.model} ({verb} user_config): {json.dumps(settings)}")
-    return 0
+    return f"{args.model} ({verb} user_config): {json.dumps(settings)}"

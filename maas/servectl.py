@@ -17,13 +17,15 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from maas.errors import ClusterError, ConfigError
 from maas.schema import validate_config
-from maas.serving import ModelSettings, ServeAppConfig, plan_versions
+from maas.serving.settings import INGRESS, ModelEndpoint, ModelSettings, ServeAppConfig, resolve_settings
+from maas.serving.versions import plan_versions
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 
 
-class ServeCtlError(RuntimeError):
+class ServeCtlError(ConfigError):
     """Something the user can fix: wrong app or model name, no version to roll back to, ..."""
 
 
@@ -107,18 +109,18 @@ def _hosted_in_ingress(endpoint: dict[str, Any]) -> bool:
 
 
 def model_settings(config: dict[str, Any], app_name: str, model: str) -> ModelSettings:
-    """The model's live settings: its deployment's user_config, or for a model hosted in the
-    ingress its entry in the Ingress's user_config; else the starting ones in the app's args."""
+    """The model's live settings, resolved as every replica resolves them
+    (``maas.serving.settings.resolve_settings``): its live user_config (its deployment's, or its
+    entry in the Ingress's), else the starting one in the app's args, else the defaults."""
     app = _app(config, app_name)
-    endpoint = _endpoint(app, app_name, model)
-    if _hosted_in_ingress(endpoint):
-        user_config = (_deployment(app, "Ingress") or {}).get("user_config") or {}
-        raw = (user_config.get("models") or {}).get(model)
+    raw_endpoint = _endpoint(app, app_name, model)
+    if _hosted_in_ingress(raw_endpoint):
+        user_config = (_deployment(app, INGRESS) or {}).get("user_config") or {}
+        live = (user_config.get("models") or {}).get(model)
     else:
-        raw = (_deployment(app, model) or {}).get("user_config")
-    if raw is None:
-        raw = endpoint.get("user_config") or {}
-    return validate_config(ModelSettings, raw, f"user_config of {model}")
+        live = (_deployment(app, model) or {}).get("user_config")
+    endpoint = validate_config(ModelEndpoint, raw_endpoint, f"user_config of {model}")
+    return resolve_settings(live, endpoint, f"user_config of {model}")
 
 
 def with_settings(config: dict[str, Any], app_name: str, model: str,
@@ -132,7 +134,7 @@ def with_settings(config: dict[str, Any], app_name: str, model: str,
     updated = copy.deepcopy(config)
     app = _app(updated, app_name)
     if _hosted_in_ingress(_endpoint(app, app_name, model)):
-        ingress = _deployment(app, "Ingress", create=True)
+        ingress = _deployment(app, INGRESS, create=True)
         user_config = dict(ingress.get("user_config") or {})
         user_config["models"] = {**(user_config.get("models") or {}), model: merged}
         ingress["user_config"] = user_config
@@ -183,8 +185,9 @@ def apply(address: str | None, app_name: str, model: str, action: str, to: int |
 
     from maas.registry import Registry
 
-    client = ServeSubmissionClient(dashboard_address(address))
-    config = live_config(client.get_serve_details())
+    url = dashboard_address(address)
+    client = ServeSubmissionClient(url)
+    config = live_config(_dashboard_call(url, client.get_serve_details))
     settings = model_settings(config, app_name, model)
     if action == "show":
         return settings.model_dump(mode="json", exclude_none=True)
@@ -200,8 +203,16 @@ def apply(address: str | None, app_name: str, model: str, action: str, to: int |
     else:
         changes = edit(settings) if edit is not None else {}
     updated = with_settings(config, app_name, model, changes)
-    client.deploy_applications(updated)
+    _dashboard_call(url, lambda: client.deploy_applications(updated))
     return model_settings(updated, app_name, model).model_dump(mode="json", exclude_none=True)
+
+
+def _dashboard_call(url: str, call: Callable[[], Any]) -> Any:
+    """The dashboard's answer, or a ``ClusterError`` naming it when it is down or refuses us."""
+    try:
+        return call()
+    except (ConnectionError, RuntimeError) as exc:  # what the Serve SDK raises for both
+        raise ClusterError(f"could not reach the Ray dashboard at {url}: {exc}") from None
 
 
 def version_changes(versions: str | None, labels: list[str], default: str | None,

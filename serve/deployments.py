@@ -7,7 +7,8 @@ from typing import Any
 
 from ray import serve
 
-from serve.hosting import ModelHost
+from maas.serving.host import ModelHost
+from maas.serving.protocol import ApiProtocol
 
 
 def model_call_metrics() -> Any:
@@ -43,7 +44,7 @@ class ModelServer:
         on every replica, without a restart. Requests keep being answered while it loads."""
         await self.host.configure(user_config)
 
-    async def infer(self, payload: Any, protocol: str = "v1", version: str | None = None,
+    async def infer(self, payload: Any, protocol: ApiProtocol = "v1", version: str | None = None,
                     label: str | None = None) -> dict[str, Any]:
         return await self.host.infer(payload, protocol, version, label)
 

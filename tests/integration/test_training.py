@@ -58,7 +58,8 @@ def test_text_classifier_trains_on_generated_reviews(trained_text) -> None:
 
 
 def test_text_model_serves_raw_strings_through_the_compiled_call(trained_text, workspace) -> None:
-    from maas.serving import LoadedModel, to_batch
+    from maas.serving.inputs import to_batch
+    from maas.serving.model import LoadedModel
 
     version = trained_text.version
     loaded = LoadedModel.from_registry(str(workspace / "registry"), version.name, version.version)

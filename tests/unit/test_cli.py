@@ -35,7 +35,7 @@ def test_models_list_and_show(tmp_path: Path, registry_root: str, capsys) -> Non
     assert maas_main(["--registry", registry_root, "models", "list"]) == 0
     listing = capsys.readouterr().out
     assert "digits_mlp" in listing and "0.9700" in listing
-    assert maas_main(["--registry", registry_root, "models", "show", "digits_mlp"]) == 0
+    assert maas_main(["--registry", registry_root, "models", "show", "digits_mlp", "--json"]) == 0
     assert '"test_accuracy": 0.97' in capsys.readouterr().out
     assert maas_main(["--registry", registry_root, "models", "show", "nope"]) == 1
     assert "'nope' is not in the registry" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from maas.schema import validate_config
-from maas.serving import IngressSettings, ModelSettings, ServeAppConfig
+from maas.serving.settings import IngressSettings, ModelSettings, ServeAppConfig
 from tests.conftest import REPO
 
 SERVE_CONFIGS = sorted((REPO / "configs" / "serve").glob("*.yaml"))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from maas.data import DataSchema
-from maas.serving import LoadedModel, ServingPlan
-from serve.hosting import ModelHost
+from maas.serving.host import ModelHost
+from maas.serving.model import LoadedModel
+from maas.serving.versions import ServingPlan
 
 SCHEMA = DataSchema(input_shape=(2,), classes=["a", "b"])
 
@@ -52,7 +53,7 @@ class FakeRegistryHost(ModelHost):
         return loaded(version)
 
     def _plan(self) -> ServingPlan:
-        from maas.serving import plan_versions
+        from maas.serving.versions import plan_versions
 
         return plan_versions("m", self.settings, self.registered)
 

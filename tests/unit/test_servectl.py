@@ -14,7 +14,7 @@ from maas.servectl import (
     version_changes,
     with_settings,
 )
-from maas.serving import ModelSettings
+from maas.serving.settings import ModelSettings
 
 DETAILS = {
     "proxy_location": "EveryNode",

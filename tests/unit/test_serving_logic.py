@@ -2,26 +2,15 @@ import numpy as np
 import pytest
 
 from maas.data import DataSchema
-from maas.errors import ConfigError
+from maas.errors import ConfigError, RequestError
 from maas.schema import validate_config
-from maas.serving import (
-    ModelSettings,
-    RequestError,
-    ServeAppConfig,
-    ServingPlan,
-    check_api_key,
-    choose_version,
-    extract_rows,
-    parse_v2_inputs,
-    plan_versions,
-    predict_grouped,
-    split_batch,
-    tf_serving_metadata,
-    tf_serving_status,
-    to_batch,
-    v2_model_metadata,
-    v2_response,
-)
+from maas.serving.auth import check_api_key
+from maas.serving.batching import predict_grouped, split_batch
+from maas.serving.inputs import to_batch
+from maas.serving.oip import parse_v2_inputs, v2_model_metadata, v2_response
+from maas.serving.settings import ModelSettings, ServeAppConfig
+from maas.serving.tfserving import extract_rows, tf_serving_metadata, tf_serving_status
+from maas.serving.versions import ServingPlan, choose_version, plan_versions
 
 SCHEMA = DataSchema(input_shape=(3,), classes=[0, 1])
 
@@ -226,7 +215,7 @@ def test_v2_and_tf_serving_bodies() -> None:
 
 
 def test_request_counts_are_summed_per_tag_set_until_drained() -> None:
-    from maas.serving import CountBuffer
+    from maas.serving.metrics import CountBuffer
 
     counts = CountBuffer()
     counts.add({"model": "m", "status": "200"})
@@ -238,7 +227,7 @@ def test_request_counts_are_summed_per_tag_set_until_drained() -> None:
 
 
 def test_ingress_settings_fall_back_per_model_and_refuse_unknown_names() -> None:
-    from maas.serving import ServeAppConfig, ingress_model_settings
+    from maas.serving.settings import ServeAppConfig, ingress_model_settings
 
     config = ServeAppConfig.model_validate({"models": [
         {"name": "a", "hosting": "ingress"},

@@ -1,6 +1,7 @@
 """``ModelHost``: the versions of one registered model inside one Serve replica, with its own
-request batcher. The ``ModelServer`` deployment wraps one; the ``Ingress`` holds one per model it
-hosts in-process (``hosting: ingress``), which saves a Serve hop per request.
+request batcher. The ``ModelServer`` deployment (``serve/deployments.py``) wraps one; the
+``Ingress`` holds one per model it hosts in-process (``hosting: ingress``), which saves a Serve
+hop per request. Nothing here needs a Serve replica except the default batcher, so tests swap it.
 """
 
 from __future__ import annotations
@@ -14,18 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from maas.schema import format_validation_error
-from maas.serving import (
-    LoadedModel,
-    ModelSettings,
-    RequestError,
-    ServingPlan,
-    choose_version,
-    parse_v2_inputs,
-    plan_versions,
-    predict_grouped,
-    to_batch,
-)
+from maas.errors import MaasError, OverloadError, error_reply
+from maas.serving.batching import predict_grouped
+from maas.serving.inputs import to_batch
+from maas.serving.model import LoadedModel
+from maas.serving.oip import parse_v2_inputs
+from maas.serving.protocol import ApiProtocol
+from maas.serving.settings import ModelSettings
+from maas.serving.versions import ServingPlan, choose_version, plan_versions
 
 logger = logging.getLogger("ray.serve")
 
@@ -68,12 +65,9 @@ class ModelHost:
 
     async def configure(self, user_config: dict[str, Any] | ModelSettings | None) -> None:
         """Apply settings live: batch size and wait at once, versions after they are loaded."""
-        from pydantic import ValidationError
+        from maas.schema import validate_config
 
-        try:
-            settings = ModelSettings.model_validate(user_config or {})
-        except ValidationError as exc:
-            raise ValueError(format_validation_error(exc, f"user_config of {self.model_name}")) from None
+        settings = validate_config(ModelSettings, user_config or {}, f"user_config of {self.model_name}")
         self.settings, self._failed_plan = settings, None
         self._predict_batch.set_max_batch_size(settings.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
@@ -139,22 +133,23 @@ class ModelHost:
     async def _predict_many(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[np.ndarray]:
         return predict_grouped(items, self._observe)
 
-    async def infer(self, payload: Any, protocol: str = "v1", version: str | None = None,
+    async def infer(self, payload: Any, protocol: ApiProtocol = "v1", version: str | None = None,
                     label: str | None = None) -> dict[str, Any]:
         """Validate one request against the version it asks for and predict through the batcher.
-        ``payload``: the rows (v1) or the whole request body (v2). Errors come back as data."""
+        ``payload``: the rows (v1) or the whole request body (v2). Errors come back as data
+        (``maas.errors.ErrorReply``), the shape that crosses a Serve handle."""
         plan = await self.ensure_loaded()
         self._note_request()
         try:
             if self.pending >= self.settings.max_pending_requests:
-                raise RequestError(
+                raise OverloadError(
                     f"model '{self.model_name}' is overloaded: {self.pending} requests are already "
-                    f"waiting (max_pending_requests={self.settings.max_pending_requests})", 503)
+                    f"waiting (max_pending_requests={self.settings.max_pending_requests})")
             model = self.models[choose_version(self.model_name, plan, version, label)]
             rows = parse_v2_inputs(payload, model.schema) if protocol == "v2" else payload
             batch = to_batch(rows, model.schema, self.max_rows)
-        except RequestError as exc:
-            return {"error": str(exc), "status": exc.status}
+        except MaasError as exc:
+            return dict(error_reply(exc))
         self.pending += 1
         try:
             outputs = await self._predict_batch((model, batch))
@@ -173,8 +168,8 @@ class ModelHost:
         plan = await self.ensure_loaded()
         try:
             chosen = choose_version(self.model_name, plan, version, label)
-        except RequestError as exc:
-            return {"error": str(exc), "status": exc.status}
+        except MaasError as exc:
+            return dict(error_reply(exc))
         model = self.models[chosen]
         return {**model.status(),
                 "labels": sorted(k for k, v in plan.labels.items() if v == chosen),

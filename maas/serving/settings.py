@@ -1,0 +1,165 @@
+"""The Serve config's schemas: our application's ``args``, a model's ``user_config``, the
+Ingress's ``user_config``; and the one order in which a model's live settings are resolved.
+
+Every field carries a ``description`` (as Ray's own ``serve/schema.py`` does), so the JSON schema
+documents ``configs/serve/*.yaml``: ``python -m maas serve schema`` prints it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from maas.config import default_registry_root
+from maas.errors import ConfigError
+from maas.schema import NAME_PATTERN, StrictSchema, validate_config
+
+LABEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"  # never all digits: a label is not a version
+INGRESS = "Ingress"  # the deployment name of the HTTP ingress in every app build_app makes
+
+
+class VersionPolicy(StrictSchema):
+    """Which registered versions a model serves, as TensorFlow Serving's model_version_policy:
+    ``{latest: 2}`` (the two newest) or ``{specific: [3, 4]}``."""
+
+    latest: int | None = Field(None, ge=1, le=16, description="Serve the N newest versions.")
+    specific: list[int] | None = Field(None, min_length=1,
+                                       description="Serve exactly these version numbers.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        if (self.latest is None) == (self.specific is None):
+            raise ValueError("set exactly one of 'latest: N' or 'specific: [version, ...]'")
+        return self
+
+
+class ModelSettings(StrictSchema):
+    """One model's settings: its deployment's ``user_config``, or its entry in the Ingress's for a
+    model hosted there. Changes apply live through ``reconfigure``, on every replica, without a
+    restart."""
+
+    versions: VersionPolicy = Field(
+        default_factory=lambda: VersionPolicy(latest=1),
+        description="Version policy: {latest: N} or {specific: [versions]}.")
+    labels: dict[Annotated[str, StringConstraints(pattern=LABEL_PATTERN)], int | Literal["latest"]] = Field(
+        default_factory=dict,
+        description="Label -> version number or 'latest'. A labelled version is served even "
+                    "outside the policy; labels stored in the registry apply too, these override.")
+    default: str | None = Field(
+        None, pattern=LABEL_PATTERN,
+        description="The label that answers requests naming no version; unset: the newest "
+                    "version the policy picks.")
+    poll_registry_s: float = Field(
+        0, ge=0, le=86400,
+        description="Re-read the registry every this many seconds and swap to what the policy "
+                    "now picks; 0: only when the user_config changes.")
+    refresh: int = Field(
+        0, description="A counter: `python -m maas serve refresh` bumps it, which makes every "
+                       "replica re-read the registry now.")
+    max_batch_size: int = Field(32, ge=1, le=4096,
+                                description="Most rows of concurrent requests joined into one model call.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=10, description="Longest wait for more requests before a batch runs.")
+    max_pending_requests: int = Field(
+        1024, ge=1, le=1_000_000,
+        description="Requests waiting for this model in one replica; past it a request gets 503 "
+                    "with Retry-After at once instead of unbounded latency (on top of Serve's "
+                    "max_queued_requests for the deployment).")
+
+
+class ModelEndpoint(StrictSchema):
+    """One model the application serves."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="The registered model's name.")
+    hosting: Literal["deployment", "ingress"] = Field(
+        "deployment",
+        description="deployment: a Serve deployment of its own, named after the model, scaled on "
+                    "its own. ingress: inside the HTTP ingress's replicas, scaled with them; one "
+                    "Serve hop fewer per request, the fastest mode for a small model.")
+    user_config: ModelSettings | None = Field(
+        None, description="The starting settings. A live user_config (the model's deployment's, "
+                          "or its entry in the Ingress's) replaces them.")
+
+
+class ServeAppConfig(StrictSchema):
+    """The ``args`` of our application in a Serve config file (``import_path: serve.app:build_app``)."""
+
+    registry_root: str | None = Field(
+        None, description="Registry the models are read from; default $MAAS_REGISTRY or ~/.maas/registry.")
+    models: list[ModelEndpoint] = Field(min_length=1, description="The models this application serves.")
+    max_rows_per_request: int = Field(1024, ge=1, description="More rows in one request: 413.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger request bodies: 413.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="API keys accepted on predict routes (with those in api_keys_env). With none "
+                    "configured, predict is open; health and metadata stay open either way.")
+    api_keys_env: str = Field("MAAS_API_KEYS",
+                              description="Environment variable with more API keys, comma-separated.")
+    retry_after_s: float = Field(
+        1.0, gt=0, le=3600,
+        description="Seconds a client is told to wait (Retry-After) when a model's queue is full (503).")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServeAppConfig:
+        names = [m.name for m in self.models]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model names must be unique, got {names}")
+        return self
+
+    def resolved_root(self) -> str:
+        return self.registry_root or default_registry_root()
+
+    def resolved_api_keys(self) -> list[str]:
+        from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+        return [*self.api_keys, *from_env]
+
+    def endpoint(self, name: str) -> ModelEndpoint | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def hosted_in_ingress(self) -> dict[str, ModelEndpoint]:
+        return {m.name: m for m in self.models if m.hosting == "ingress"}
+
+
+class IngressSettings(StrictSchema):
+    """The ``Ingress`` deployment's ``user_config``: the settings of the models it hosts itself
+    (``hosting: ingress``), by name; applied live like a model deployment's."""
+
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict, description="Model name -> its settings (models with hosting: ingress).")
+
+
+def resolve_settings(live: dict[str, Any] | ModelSettings | None, endpoint: ModelEndpoint,
+                     source: str) -> ModelSettings:
+    """A model's settings, in the one order that holds everywhere: the live ``user_config`` (its
+    deployment's, or its entry in the Ingress's), else the ``user_config`` in the app's args,
+    else the defaults. ``source`` names the live config in an error message."""
+    if live is not None:
+        return validate_config(ModelSettings, live, source)
+    return endpoint.user_config or ModelSettings()
+
+
+def ingress_model_settings(user_config: dict[str, Any] | None,
+                           config: ServeAppConfig) -> dict[str, ModelSettings]:
+    """Settings for each model the ingress hosts (``resolve_settings`` for each). Entries for
+    models the ingress does not host are refused, so a typo cannot silently leave a model on its
+    old settings."""
+    source = f"user_config of {INGRESS}"
+    given = validate_config(IngressSettings, user_config or {}, source).models
+    hosted = config.hosted_in_ingress()
+    unknown = sorted(set(given) - set(hosted))
+    if unknown:
+        raise ConfigError(f"{source} has settings for {', '.join(unknown)}, which the ingress does "
+                          f"not host; models with hosting: ingress: {', '.join(hosted) or 'none'}")
+    return {name: resolve_settings(given.get(name), endpoint, source)
+            for name, endpoint in hosted.items()}
+
+
+def settings_json_schema() -> dict[str, Any]:
+    """The JSON schema of what ``configs/serve/*.yaml`` may say about our application."""
+    return {
+        "application args (serve.app:build_app)": ServeAppConfig.model_json_schema(),
+        "user_config of a model deployment": ModelSettings.model_json_schema(),
+        f"user_config of the {INGRESS} deployment": IngressSettings.model_json_schema(),
+    }

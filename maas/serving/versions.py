@@ -1,0 +1,68 @@
+"""Which versions a model serves (policy + labels against the registry) and which one a request
+gets (by number, by label, or the default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from maas.errors import RegistryError, RequestError
+from maas.serving.settings import ModelSettings
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """What a model deployment serves: versions (ascending), label map, the default version."""
+
+    versions: tuple[int, ...]
+    labels: dict[str, int]
+    default: int
+
+
+def plan_versions(name: str, settings: ModelSettings, registered: list[int],
+                  registry_labels: dict[int, list[str]] | None = None) -> ServingPlan:
+    """Resolve the policy and labels against the registry's versions. ``registry_labels`` are the
+    labels stored in the registry for the picked versions; labels in the config override them."""
+    if not registered:
+        raise RegistryError(f"model '{name}' has no registered version")
+    registered = sorted(registered)
+    policy = settings.versions
+    if policy.latest is not None:
+        picked = registered[-policy.latest:]
+    else:
+        missing = sorted(set(policy.specific or []) - set(registered))
+        if missing:
+            raise RegistryError(f"model '{name}' has no version {', '.join(map(str, missing))} "
+                              f"(registered: {registered})")
+        picked = sorted(set(policy.specific or []))
+    labels: dict[str, int] = {}
+    for version in picked:  # ascending: the newest version carrying a registry label keeps it
+        for label in (registry_labels or {}).get(version, []):
+            labels[label] = version
+    for label, target in settings.labels.items():
+        number = registered[-1] if target == "latest" else target
+        if number not in registered:
+            raise RegistryError(f"label '{label}' of model '{name}' names version {number}, which is "
+                              f"not registered (registered: {registered})")
+        labels[label] = number
+    if settings.default is not None and settings.default not in labels:
+        raise RegistryError(f"default label '{settings.default}' of model '{name}' names no version "
+                          f"(labels: {sorted(labels) or 'none'})")
+    default = labels[settings.default] if settings.default else picked[-1]
+    return ServingPlan(tuple(sorted({*picked, *labels.values()})), labels, default)
+
+
+def choose_version(name: str, plan: ServingPlan, version: str | None = None,
+                   label: str | None = None) -> int:
+    """The served version a request asks for: by number, by label, or the default."""
+    if version is not None:
+        if not version.isdigit() or int(version) not in plan.versions:
+            raise RequestError(f"model '{name}' version {version} is not served "
+                               f"(served versions: {', '.join(map(str, plan.versions))})", status=404)
+        return int(version)
+    if label is not None:
+        if label not in plan.labels:
+            known = ", ".join(f"{k}={v}" for k, v in sorted(plan.labels.items())) or "none"
+            raise RequestError(f"model '{name}' has no served version labelled '{label}' "
+                               f"(labels: {known})", status=404)
+        return plan.labels[label]
+    return plan.default

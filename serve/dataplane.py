@@ -1,0 +1,143 @@
+"""What every route shares, KServe's ``dataplane.py`` in our terms: the table of served models
+(hosted in this replica, or in a deployment of their own behind a handle, called the same way),
+reading a request body, the predict pipeline, and request metrics."""
+
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class.
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from maas.errors import MaasError, OverloadError, RequestError, raise_if_error
+from maas.serving.auth import check_api_key
+from maas.serving.host import ModelHost
+from maas.serving.metrics import CountBuffer
+from maas.serving.protocol import ApiProtocol
+from maas.serving.settings import ServeAppConfig
+from maas.serving.tfserving import extract_rows
+from serve.deployments import model_call_metrics
+from serve.http import json_response
+
+# respond(result, context) -> the protocol's response body; context: the v1 format or the v2 id
+Respond = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+class DeploymentModel:
+    """A model in a deployment of its own, behind the same two calls as an in-process
+    ``ModelHost``, so the dataplane routes to either the same way."""
+
+    def __init__(self, name: str, handle: DeploymentHandle):
+        self.name, self.handle = name, handle
+
+    async def infer(self, payload: Any, protocol: ApiProtocol, version: str | None,
+                    label: str | None) -> dict:
+        try:
+            return await self.handle.infer.remote(payload, protocol, version, label)
+        except BackPressureError as exc:
+            # The deployment's queue is full (max_queued_requests): say so and when to come back,
+            # instead of queueing without bound.
+            raise OverloadError(f"model '{self.name}' is overloaded: {exc.message}",
+                                retry_after_s=exc.retry_after_s, status=exc.status_code) from None
+
+    async def status(self, version: str | None = None, label: str | None = None) -> dict:
+        return await self.handle.status.remote(version, label)
+
+
+class Dataplane:
+    """Base of the ingress deployment: models, request reading, predict, metrics."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle], config: dict[str, Any]):
+        from ray.util import metrics
+
+        self.config = ServeAppConfig.model_validate(config)
+        hosted = list(self.config.hosted_in_ingress())
+        observe = model_call_metrics() if hosted else None
+        root = self.config.resolved_root()
+        self.hosts = {name: ModelHost(name, root, self.config.max_rows_per_request, observe)
+                      for name in hosted}
+        self.models: dict[str, ModelHost | DeploymentModel] = {
+            **{name: DeploymentModel(name, handle) for name, handle in handles.items()}, **self.hosts}
+        self.api_keys = self.config.resolved_api_keys()
+        self.requests = metrics.Counter(
+            "maas_requests_total", "HTTP requests by model, version, status and protocol",
+            tag_keys=("model", "version", "status", "protocol"))
+        self.latency = metrics.Histogram(
+            "maas_request_latency_ms", "End-to-end request latency inside the server",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+            tag_keys=("model", "version"))
+        self.pending_counts = CountBuffer()
+        self._flusher: asyncio.Task | None = None
+
+    def _model(self, name: str) -> ModelHost | DeploymentModel:
+        if name not in self.models:
+            served = ", ".join(sorted(self.models)) or "none"
+            raise RequestError(f"model '{name}' is not served here (served models: {served})", status=404)
+        return self.models[name]
+
+    async def _read_json(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        limit = self.config.max_body_bytes
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(f"request body of {declared} bytes is over the {limit}-byte limit", status=413)
+        body = await request.body()
+        if len(body) > limit:
+            raise RequestError(f"request body of {len(body)} bytes is over the {limit}-byte limit",
+                               status=413)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(f"request body is not valid JSON: {exc}") from None
+
+    async def _status(self, name: str, version: str | None = None, label: str | None = None) -> dict:
+        return raise_if_error(await self._model(name).status(version, label))
+
+    async def _predict(self, request: Request, name: str, protocol: ApiProtocol, respond: Respond,
+                       version: str | None = None, label: str | None = None) -> Response:
+        started = time.perf_counter()
+        try:
+            result, context = await self._infer(request, name, protocol, version, label)
+        except MaasError as exc:  # recorded here, answered by the one exception handler
+            if isinstance(exc, OverloadError) and exc.retry_after_s is None:
+                exc.retry_after_s = self.config.retry_after_s  # a host's own full queue
+            self._record(name, "", exc.status, protocol, started)
+            raise
+        response = json_response(respond(result, context))
+        self._record(name, str(result["version"]), response.status_code, protocol, started)
+        return response
+
+    async def _infer(self, request: Request, name: str, protocol: ApiProtocol, version: str | None,
+                     label: str | None) -> tuple[dict[str, Any], Any]:
+        check_api_key(request.headers, self.api_keys)
+        model = self._model(name)
+        payload = await self._read_json(request)
+        if protocol == "v1":
+            rows, context = extract_rows(payload)
+        else:  # the host parses the tensor against the version's own schema
+            rows, context = payload, payload.get("id") if isinstance(payload, dict) else None
+        return raise_if_error(await model.infer(rows, protocol, version, label)), context
+
+    def _record(self, name: str, version: str, status: int, protocol: ApiProtocol, started: float) -> None:
+        model = name if name in self.models else "_unknown"  # bound the tag's values
+        tags = {"model": model, "version": version or "_none"}
+        self.pending_counts.add({**tags, "status": str(status), "protocol": protocol})
+        self.latency.observe((time.perf_counter() - started) * 1000, tags=tags)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_counts_forever())
+
+    async def _flush_counts_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._flush_counts()
+
+    def _flush_counts(self) -> None:
+        for tags, count in self.pending_counts.drain():
+            self.requests.inc(count, tags=tags)
+
+    def __del__(self) -> None:  # Serve calls it on graceful shutdown: keep the last second's counts
+        self._flush_counts()

@@ -1,0 +1,1 @@
+"""The HTTP routes of each wire protocol, as mixins of the ingress deployment."""
