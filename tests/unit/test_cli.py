@@ -45,3 +45,32 @@ def test_module_entry_points_run() -> None:
     out = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     assert "--config" in out
+
+
+def test_models_show_prints_metrics_as_a_table_and_the_matrix_as_a_grid(
+        tmp_path: Path, registry_root: str, capsys) -> None:
+    source = tmp_path / "m"
+    source.mkdir()
+    (source / "model.keras").write_bytes(b"x")
+    Registry(registry_root).publish("digits_mlp", source, {
+        "metrics": {"test_accuracy": 0.97, "test_loss": 0.1},
+        "confusion_matrix": [[12, 1], [0, 10]], "schema": {"classes": ["cat", "dog"]}})
+    assert maas_main(["--registry", registry_root, "models", "show", "digits_mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "test_accuracy  0.9700" in out and "test_loss      0.1000" in out
+    grid = out[out.index("confusion matrix"):].splitlines()
+    assert grid[1].split() == ["cat", "dog"]
+    assert grid[2].split() == ["cat", "12", "1"] and grid[3].split() == ["dog", "0", "10"]
+
+
+def test_serve_schema_documents_every_field(capsys) -> None:
+    import json
+
+    assert maas_main(["serve", "schema"]) == 0
+    schemas = json.loads(capsys.readouterr().out)
+    settings = schemas["user_config of a model deployment"]
+    assert "max_pending_requests" in settings["properties"]
+    for schema in schemas.values():
+        for definition in [schema, *schema.get("$defs", {}).values()]:
+            for name, field in definition.get("properties", {}).items():
+                assert field.get("description"), f"{definition.get('title')}.{name} has no description"

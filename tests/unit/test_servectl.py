@@ -138,3 +138,20 @@ def test_rollback_reads_the_registry_the_app_names_unless_told_otherwise(monkeyp
     del config["applications"][0]["args"]["registry_root"]
     monkeypatch.setenv("MAAS_REGISTRY", "/from/env")
     assert registry_root(config, "maas") == "/from/env"
+
+
+def test_servectl_resolves_settings_in_the_order_replicas_do() -> None:
+    """Ingress entry, else the app args' user_config, else defaults: the command line and the
+    replicas call the same resolve_settings, so what `serve show` prints is what replicas use."""
+    from maas.serving.settings import ServeAppConfig, ingress_model_settings
+
+    args = {"models": [{"name": "a", "hosting": "ingress"},
+                       {"name": "b", "hosting": "ingress", "user_config": {"max_batch_size": 4}},
+                       {"name": "c", "hosting": "ingress"}]}
+    ingress_user_config = {"models": {"a": {"max_batch_size": 8}}}
+    config = {"applications": [{"name": "maas", "args": args, "deployments": [
+        {"name": "Ingress", "user_config": ingress_user_config}]}]}
+    replicas = ingress_model_settings(ingress_user_config, ServeAppConfig.model_validate(args))
+    for name in ("a", "b", "c"):
+        assert model_settings(config, "maas", name) == replicas[name]
+    assert [replicas[n].max_batch_size for n in ("a", "b", "c")] == [8, 4, 32]
