@@ -4,7 +4,7 @@ Protocol v2 routes over the models) and ``build_app``, the typed builder a Serve
 in ``configs/serve/`` unchanged.
 
 A request's path: HAProxy (or Serve's proxy) -> an ``Ingress`` replica -> the route
-(``protocol/v1_endpoints.py``, ``protocol/v2_endpoints.py``) -> ``Dataplane._predict`` (API key,
+below -> ``Dataplane._predict`` in ``serve/dataplane.py`` (API key,
 body, v1 envelope) -> the model's ``ModelHost``, in this replica or behind a handle to its own
 ``ModelServer`` deployment -> batch, model call -> back the same way.
 """
@@ -12,11 +12,13 @@ body, v1 envelope) -> the model's ``ModelHost``, in this replica or behind a han
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class.
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import Response
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
+import maas
 from maas.schema import validate_config
+from maas.serving.oip import v2_model_metadata, v2_response
 from maas.serving.settings import (
     INGRESS,
     ModelEndpoint,
@@ -24,24 +26,30 @@ from maas.serving.settings import (
     ServeAppConfig,
     ingress_model_settings,
 )
+from maas.serving.tfserving import format_response, tf_serving_metadata, tf_serving_status
 from serve.dataplane import Dataplane
 from serve.deployments import ModelServer
-from serve.http import http, json_response
-from serve.protocol.v1_endpoints import V1Endpoints, v1
-from serve.protocol.v2_endpoints import V2Endpoints, v2
+from serve.http import body_spec, http, json_response
 
-http.include_router(v1)
-http.include_router(v2)
+ROW_BODY = {"type": "object", "properties": {
+    "instances": {"type": "array", "description": "row format: one entry per example"},
+    "inputs": {"description": "columnar format"}}}
+V2_TENSOR = {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+    "datatype": {"type": "string"}, "data": {"type": "array"}}}
+V2_BODY = {"type": "object", "required": ["inputs"], "properties": {
+    "id": {"type": "string"}, "inputs": {"type": "array", "items": V2_TENSOR}}}
+
+
+def _v1_body(result: dict, fmt: Any) -> dict:
+    return format_response(result["outputs"], fmt)
 
 
 @serve.deployment(name=INGRESS, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(http)
-class Ingress(Dataplane, V1Endpoints, V2Endpoints):
+class Ingress(Dataplane):
     """Routes requests to each model: to its own ``ModelServer`` deployment, or to a
     ``ModelHost`` in this replica for models with ``hosting: ingress``."""
-
-    def __init__(self, handles: dict[str, DeploymentHandle], config: dict[str, Any]):
-        super().__init__(handles, config)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Settings of the models hosted here (``IngressSettings``), applied live on every
@@ -60,6 +68,85 @@ class Ingress(Dataplane, V1Endpoints, V2Endpoints):
     @http.get("/healthz")
     async def healthz(self) -> Response:
         return json_response({"status": "ok", "models": sorted(self.models)})
+
+    # --- TensorFlow Serving REST (v1) ------------------------------------------------------
+
+    @http.get("/v1/models/{name}")
+    async def model_status(self, name: str) -> Response:
+        status = await self._status(name)
+        return json_response(tf_serving_status([(v, "AVAILABLE", "") for v in status["served_versions"]]))
+
+    @http.get("/v1/models/{name}/versions/{version}")
+    async def model_version_status(self, name: str, version: str) -> Response:
+        status = await self._status(name, version)
+        return json_response(tf_serving_status([(status["version"], status["state"], "")]))
+
+    @http.get("/v1/models/{name}/labels/{label}")
+    async def model_label_status(self, name: str, label: str) -> Response:
+        status = await self._status(name, label=label)
+        return json_response(tf_serving_status([(status["version"], status["state"], "")]))
+
+    @http.get("/v1/models/{name}/metadata")
+    async def model_metadata(self, name: str) -> Response:
+        return json_response(tf_serving_metadata(await self._status(name)))
+
+    @http.post("/v1/models/{name}:predict", openapi_extra=body_spec(ROW_BODY))
+    async def predict(self, name: str, request: Request) -> Response:
+        return await self._predict(request, name, "v1", _v1_body)
+
+    @http.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=body_spec(ROW_BODY))
+    async def predict_version(self, name: str, version: str, request: Request) -> Response:
+        return await self._predict(request, name, "v1", _v1_body, version=version)
+
+    @http.post("/v1/models/{name}/labels/{label}:predict", openapi_extra=body_spec(ROW_BODY))
+    async def predict_label(self, name: str, label: str, request: Request) -> Response:
+        return await self._predict(request, name, "v1", _v1_body, label=label)
+
+    # --- Open Inference Protocol (v2) ------------------------------------------------------
+
+    @http.get("/v2")
+    async def v2_server(self) -> Response:
+        return json_response({"name": "maas", "version": maas.__version__, "extensions": []})
+
+    @http.get("/v2/health/live")
+    async def v2_live(self) -> Response:
+        return json_response({"live": True})
+
+    @http.get("/v2/health/ready")
+    async def v2_ready(self) -> Response:
+        return json_response({"ready": True})
+
+    @http.get("/v2/models/{name}")
+    async def v2_metadata(self, name: str) -> Response:
+        return json_response(v2_model_metadata(await self._status(name)))
+
+    @http.get("/v2/models/{name}/versions/{version}")
+    async def v2_version_metadata(self, name: str, version: str) -> Response:
+        return json_response(v2_model_metadata(await self._status(name, version)))
+
+    @http.get("/v2/models/{name}/ready")
+    async def v2_model_ready(self, name: str) -> Response:
+        status = await self._status(name)
+        return json_response({"name": name, "ready": status["state"] == "AVAILABLE"})
+
+    @http.get("/v2/models/{name}/versions/{version}/ready")
+    async def v2_version_ready(self, name: str, version: str) -> Response:
+        await self._status(name, version)
+        return json_response({"name": name, "ready": True})
+
+    @http.post("/v2/models/{name}/infer", openapi_extra=body_spec(V2_BODY))
+    async def v2_infer(self, name: str, request: Request) -> Response:
+        return await self._v2(request, name, None)
+
+    @http.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=body_spec(V2_BODY))
+    async def v2_infer_version(self, name: str, version: str, request: Request) -> Response:
+        return await self._v2(request, name, version)
+
+    async def _v2(self, request: Request, name: str, version: str | None) -> Response:
+        def respond(result: dict, request_id: object) -> dict:
+            return v2_response(name, result["version"], result["outputs"], request_id)
+
+        return await self._predict(request, name, "v2", respond, version=version)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -1,1 +1,0 @@
-"""The HTTP routes of each wire protocol, as mixins of the ingress deployment."""
