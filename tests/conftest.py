@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Chosen explicitly (facts note): an unset mode turns token auth on for local clusters.
+# Chosen explicitly (docs/serving-on-ray.md): an unset mode turns token auth on for local clusters.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
