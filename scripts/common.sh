@@ -19,3 +19,16 @@ export RAY_ADDRESS="$DASHBOARD_URL"
 RAY_PID_FILE="$MAAS_HOME/ray.pid"
 
 ray_running() { [ -s "$RAY_PID_FILE" ] && kill -0 "$(cat "$RAY_PID_FILE")" 2>/dev/null; }
+
+# `ray start` records its GCS address for later `ray.init()` / `serve` / `ray status` calls to join;
+# stopped by signal it leaves the record behind, and `ray.init()` with no address would then retry
+# the dead address forever. Remove the record only when it names the demo's GCS port and nothing
+# answers there any more (so another cluster's record is never touched).
+RAY_ADDRESS_FILE="${RAY_TMPDIR:-${TMPDIR:-/tmp}}/ray/ray_current_cluster"
+forget_demo_address() {
+  local recorded
+  recorded=$(cat "$RAY_ADDRESS_FILE" 2>/dev/null) || return 0
+  [ "${recorded##*:}" = "$GCS_PORT" ] || return 0
+  if (exec 3<>"/dev/tcp/${recorded%:*}/$GCS_PORT") 2>/dev/null; then return 0; fi
+  rm -f "$RAY_ADDRESS_FILE" && echo "removed Ray's record of the stopped demo cluster ($recorded)"
+}
