@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+# Loggers that print INFO lines into a driver's terminal while we only read the cluster:
+# Serve's ("Connecting to existing Serve app ...") and Ray's own.
+QUIET_LOGGERS = ("ray.serve", "ray")
 
 
 def collect(address: str | None) -> dict[str, Any]:
@@ -13,22 +19,49 @@ def collect(address: str | None) -> dict[str, Any]:
 
     from maas.raycluster import init_ray
 
-    if address is None and os.environ.get("RAY_ADDRESS", "").startswith("http"):
-        # RAY_ADDRESS names the dashboard (for `ray job`); a driver needs the cluster itself.
-        os.environ.pop("RAY_ADDRESS")
-    init_ray(address or "auto", logging_level="ERROR", log_to_driver=False)
-    context = ray.get_runtime_context()
-    dashboard = _dashboard_url()
-    jobs = JobSubmissionClient(dashboard).list_jobs() if dashboard else []
-    return {
-        "gcs": context.gcs_address,
-        "dashboard": dashboard,
-        "total": ray.cluster_resources(),
-        "available": ray.available_resources(),
-        "nodes": sum(1 for n in ray.nodes() if n["Alive"]),
-        "jobs": jobs,
-        "models": _served_models(serve),
-    }
+    with _quiet(QUIET_LOGGERS):
+        # "auto": a status screen joins a running cluster, it never starts one
+        init_ray(address or "auto", logging_level="ERROR", log_to_driver=False)
+        context = ray.get_runtime_context()
+        dashboard = _dashboard_url()
+        jobs = JobSubmissionClient(dashboard).list_jobs() if dashboard else []
+        return {
+            "gcs": context.gcs_address,
+            "dashboard": dashboard,
+            "total": ray.cluster_resources(),
+            "available": ray.available_resources(),
+            "nodes": sum(1 for n in ray.nodes() if n["Alive"]),
+            "jobs": visible_jobs(jobs, context.get_job_id()),
+            "models": _served_models(serve),
+        }
+
+
+@contextmanager
+def _quiet(names: Iterable[str]) -> Iterator[None]:
+    """Raise ``names`` to ERROR while inside; their levels as they were afterwards."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def visible_jobs(jobs: Iterable[Any], own_job_id: str | None) -> list[Any]:
+    """Submitted jobs (``ray job submit``), plus drivers started by hand that still run; never
+    this command's own connection, which Ray lists as a running DRIVER job."""
+    shown = []
+    for job in jobs:
+        kind = str(getattr(getattr(job, "type", None), "value", getattr(job, "type", "")))
+        if job.job_id is not None and job.job_id == own_job_id:
+            continue
+        if kind == "DRIVER" and str(job.status.value) != "RUNNING":
+            continue
+        shown.append(job)
+    return shown
 
 
 def _dashboard_url() -> str | None:

@@ -1,13 +1,17 @@
-"""Which cluster a driver joins (maas.raycluster.choose_target), decided without Ray."""
+"""Which cluster a driver joins (maas.raycluster.choose_target), decided without Ray; and what
+``python -m maas status`` shows of the cluster it joined (maas.status), also without Ray."""
 
 from __future__ import annotations
 
+import logging
 import socket
+from types import SimpleNamespace
 
 import pytest
 
 from maas.errors import ClusterError
 from maas.raycluster import Target, answers, choose_target, split_address
+from maas.status import _quiet, render, visible_jobs
 
 LIVE, DEAD, OTHER = "127.0.0.1:6380", "127.0.0.1:6999", "127.0.0.1:7001"
 
@@ -102,3 +106,57 @@ def test_answers_checks_a_real_port_quickly() -> None:
         assert answers(f"127.0.0.1:{port}")
     assert not answers(f"127.0.0.1:{port}", timeout_s=1)
     assert not answers("not-an-address")
+
+
+# ---------------------------------------------------------------------------------------------
+# `python -m maas status` (maas.status): which jobs it shows, and the screen itself.
+
+def _job(job_id: str | None, kind: str, status: str, submission_id: str | None = None,
+         entrypoint: str = "python -m train", start_time: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(job_id=job_id, type=SimpleNamespace(value=kind), submission_id=submission_id,
+                           status=SimpleNamespace(value=status), entrypoint=entrypoint,
+                           start_time=start_time)
+
+
+def test_status_never_lists_its_own_connection() -> None:
+    own = _job("05000000", "DRIVER", "RUNNING", entrypoint="python -m maas status")
+    submitted = _job("03000000", "SUBMISSION", "SUCCEEDED", submission_id="raysubmit_1")
+    assert visible_jobs([own, submitted], own_job_id="05000000") == [submitted]
+
+
+def test_status_lists_submitted_jobs_and_running_drivers_only() -> None:
+    jobs = [_job("01000000", "DRIVER", "SUCCEEDED"), _job("02000000", "DRIVER", "RUNNING"),
+            _job(None, "SUBMISSION", "PENDING", submission_id="raysubmit_2"),
+            _job("04000000", "SUBMISSION", "FAILED", submission_id="raysubmit_3")]
+    assert [j.job_id for j in visible_jobs(jobs, own_job_id="09000000")] == ["02000000", None, "04000000"]
+
+
+def _info(jobs: list, models: list | None = None) -> dict:
+    return {"gcs": "127.0.0.1:6380", "dashboard": "http://127.0.0.1:8265", "nodes": 1,
+            "total": {"CPU": 2.0, "memory": 4 * 2**30}, "available": {"CPU": 1.0, "memory": 2**30},
+            "jobs": jobs, "models": models or []}
+
+
+def test_render_shows_jobs_newest_first_and_models() -> None:
+    jobs = [_job("01000000", "SUBMISSION", "SUCCEEDED", "raysubmit_old", start_time=1),
+            _job("02000000", "SUBMISSION", "RUNNING", "raysubmit_new", start_time=2)]
+    models = [{"app": "maas", "model": "digits_mlp", "status": "HEALTHY", "replicas": 2,
+               "version": 3, "rate": 0.5}]
+    screen = render(_info(jobs, models))
+    assert screen.splitlines()[0] == "cluster  127.0.0.1:6380  nodes=1  dashboard=http://127.0.0.1:8265"
+    assert "CPU     1.0/2.0 in use" in screen and "memory  3.0/4.0 GiB in use" in screen
+    assert screen.index("raysubmit_new") < screen.index("raysubmit_old")
+    assert "digits_mlp" in screen and "~0.50 req/s" in screen
+
+
+def test_render_says_none_when_nothing_runs() -> None:
+    screen = render(_info([]))
+    assert screen.split("jobs\n")[1].startswith("  none") and screen.endswith("served models\n  none")
+
+
+def test_status_silences_loggers_only_while_collecting() -> None:
+    serve_logger = logging.getLogger("ray.serve")
+    before = serve_logger.level
+    with _quiet(["ray.serve"]):
+        assert serve_logger.getEffectiveLevel() == logging.ERROR
+    assert serve_logger.level == before
