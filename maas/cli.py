@@ -27,6 +27,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     show.add_argument("name")
     show.add_argument("--version", default="latest", help="number, 'latest' or a label")
     show.add_argument("--json", action="store_true", help="the version's whole metadata as JSON")
+    verify = models.add_parser("verify", help="check a version's signature and files by hand")
+    verify.add_argument("name")
+    verify.add_argument("--version", default="latest", help="number, 'latest' or a label")
+    verify.add_argument("--key", default=None,
+                        help="Ed25519 public key (PEM file); default $MAAS_VERIFY_KEY")
+    keygen = models.add_parser("keygen", help="a new signing key pair: DIR/signing.key and DIR/signing.pub")
+    keygen.add_argument("directory")
     status = groups.add_parser("status", help="cluster resources, jobs and served models, on one screen")
     status.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or auto)")
     _add_serve_commands(groups)
@@ -77,9 +84,17 @@ def run(args: argparse.Namespace) -> str:
         return render(collect(args.address))
     if args.group == "serve":
         return serve_command(args)
+    if args.action == "keygen":
+        from maas.artifacts.signing import generate_keys
+
+        private, public = generate_keys(args.directory)
+        return (f"private key: {private} (keep it off the registry; publishers read it from "
+                f"$MAAS_SIGNING_KEY)\npublic key:  {public} (serving: verify_key or $MAAS_VERIFY_KEY)")
     registry = Registry(args.registry or default_registry_root())
     if args.action == "list":
         return list_models(registry)
+    if args.action == "verify":
+        return verify_version(registry, args.name, args.version, args.key)
     entry = registry.get(args.name, args.version)
     return json.dumps(entry.metadata, indent=2) if args.json else show_version(entry)
 
@@ -97,6 +112,22 @@ def list_models(registry: Registry) -> str:
         lines.append(f"{name:<24} {versions:<12} {latest.version:>6} {shown:>8}  "
                      f"{latest.metadata.get('created_at', '')}")
     return "\n".join(lines)
+
+
+def verify_version(registry: Registry, name: str, version: str, key: str | None) -> str:
+    """Signature (when a key is given or configured) and content hash, as serving checks them."""
+    from maas.artifacts.signing import Verifier
+    from maas.errors import ConfigError
+
+    verifier = Verifier.from_setting(key)
+    entry = registry.get(name, version)
+    files = registry.read_verified(entry, verifier)
+    if verifier is None:
+        raise ConfigError(f"{name} version {entry.version}: its {len(files)} files match its content "
+                          "hash, but no key was given to check its signature: pass --key or set "
+                          "$MAAS_VERIFY_KEY")
+    return (f"{name} version {entry.version}: signed by key {verifier.key_id}; its {len(files)} files "
+            "match the signed content hash")
 
 
 def show_version(entry: ModelVersion) -> str:

@@ -80,8 +80,11 @@ def _read_tree(root: Path) -> dict[str, bytes]:
 
 
 class Registry:
-    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None):
+    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None, signer: Any = None):
+        """``signer`` (``maas.artifacts.signing.Signer``) signs every version published; by
+        default the key named by ``$MAAS_SIGNING_KEY``, if set (else versions are unsigned)."""
         self.root_uri = root
+        self._signer = signer
         if filesystem is not None:  # an explicit pyarrow filesystem (tests, custom credentials)
             self.fs, self.root = filesystem, root
         elif is_uri(root):
@@ -159,6 +162,35 @@ class Registry:
         with self.fs.open_input_stream(self._path(name, str(version), METADATA_FILE)) as stream:
             return json.loads(stream.read())
 
+    def read_verified(self, model: ModelVersion, verifier: Any = None) -> dict[str, bytes]:
+        """The version's files, in memory, after the checks that must come before anything in them
+        is deserialised: ``verifier`` (``maas.artifacts.signing.Verifier``, optional) checks the
+        signature over the metadata, then the files must hash to the signed content hash."""
+        if verifier is not None:
+            verifier.verify(model.metadata)
+        files = {rel: self._read_file(f"{model.uri}/{rel}") for rel in model.metadata.get("files", {})}
+        if not files:  # versions published before file lists were recorded
+            files = self._read_remote_tree(model.uri)
+        actual = hash_files(files)
+        if actual != model.content_hash:
+            raise IntegrityError(
+                f"model '{model.name}' version {model.version} at {model.uri} fails its integrity "
+                f"check: files hash to {actual}, metadata records {model.content_hash}"
+            )
+        return files
+
+    def _read_file(self, path: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(path) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            raise IntegrityError(f"file '{path}' listed in the version's metadata is missing") from None
+
+    def _read_remote_tree(self, uri: str) -> dict[str, bytes]:
+        infos = self.fs.get_file_info(pafs.FileSelector(uri, recursive=True))
+        return {i.path[len(uri) + 1:]: self._read_file(i.path) for i in infos
+                if i.type == pafs.FileType.File and i.base_name != METADATA_FILE}
+
     def fetch(self, model: ModelVersion, destination: str | Path | None = None) -> Path:
         """A local directory holding the version's files, checked against its content hash."""
         if self.local and destination is None:
@@ -206,7 +238,8 @@ class Registry:
             while True:  # another publisher may take a number first: retry with the next one
                 version = self._next_number(name)
                 target = base / str(version)
-                (staging / METADATA_FILE).write_text(json.dumps({**metadata, "version": version}, indent=2))
+                signed = self._signed({**metadata, "version": version})
+                (staging / METADATA_FILE).write_text(json.dumps(signed, indent=2))
                 try:
                     target.mkdir()  # claims the number; fails if taken
                 except FileExistsError:
@@ -227,8 +260,14 @@ class Registry:
             with self.fs.open_output_stream(f"{target}/{rel_path}") as out:
                 out.write((source / rel_path).read_bytes())
         with self.fs.open_output_stream(f"{target}/{METADATA_FILE}") as out:  # commit marker
-            out.write(json.dumps({**metadata, "version": version}, indent=2).encode())
+            out.write(json.dumps(self._signed({**metadata, "version": version}), indent=2).encode())
         return self.get(name, version)
+
+    def _signed(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        from maas.artifacts.signing import Signer
+
+        signer = self._signer or Signer.from_env()
+        return signer.sign(metadata) if signer is not None else metadata
 
     def set_labels(self, name: str, version: int, labels: list[str]) -> ModelVersion:
         """Move each label onto ``version`` (a label names one version at a time)."""

@@ -154,12 +154,13 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     model with ``hosting: deployment``, named after its model so a Serve config can tune it by
     name; models with ``hosting: ingress`` live in the Ingress, tuned by its ``user_config``."""
     config = validate_config(ServeAppConfig, args, "serve application args")
+    config.verifier()  # an unreadable verify_key fails the deploy here, not in every replica
     root = config.resolved_root()
     handles = {
         # A default user_config makes Serve call reconfigure(), where the model is loaded; the
         # Serve config file's user_config for the deployment replaces it.
         m.name: ModelServer.options(name=m.name, user_config=_user_config(m)).bind(
-            m.name, root, config.max_rows_per_request)
+            m.name, root, config.max_rows_per_request, config.verify_key)
         for m in config.models if m.hosting == "deployment"
     }
     hosted = {name: _user_config(m) for name, m in config.hosted_in_ingress().items()}

@@ -59,7 +59,9 @@ class Dataplane:
         hosted = list(self.config.hosted_in_ingress())
         observe = model_call_metrics() if hosted else None
         root = self.config.resolved_root()
-        self.hosts = {name: ModelHost(name, root, self.config.max_rows_per_request, observe)
+        verifier = self.config.verifier()
+        self.hosts = {name: ModelHost(name, root, self.config.max_rows_per_request, observe,
+                                      verifier=verifier)
                       for name in hosted}
         self.models: dict[str, ModelHost | DeploymentModel] = {
             **{name: DeploymentModel(name, handle) for name, handle in handles.items()}, **self.hosts}

@@ -34,8 +34,12 @@ class ModelServer:
     """Hosts the versions of one registered model that its ``user_config`` picks; batches rows
     from concurrent requests into one model call per version."""
 
-    def __init__(self, model_name: str, registry_root: str, max_rows_per_request: int):
-        self.host = ModelHost(model_name, registry_root, max_rows_per_request, model_call_metrics())
+    def __init__(self, model_name: str, registry_root: str, max_rows_per_request: int,
+                 verify_key: str | None = None):
+        from maas.artifacts.signing import Verifier
+
+        self.host = ModelHost(model_name, registry_root, max_rows_per_request, model_call_metrics(),
+                              verifier=Verifier.from_setting(verify_key))
         # No load here: Serve calls reconfigure(user_config) right after __init__ (build_app
         # always sets one), so the versions the config picks are the first and only ones loaded.
 

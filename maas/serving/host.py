@@ -44,9 +44,11 @@ class ModelHost:
 
     def __init__(self, model_name: str, registry_root: str, max_rows_per_request: int,
                  observe: Observe | None = None, load: Callable[[int], LoadedModel] | None = None,
+                 verifier: Any = None,
                  batcher: Callable[[ModelSettings], Callable[[Callable], Any]] = serve_batcher):
         self.model_name = model_name
         self.registry_root = registry_root
+        self.verifier = verifier  # maas.artifacts.signing.Verifier: versions must carry its signature
         self.max_rows = max_rows_per_request
         self.settings = ModelSettings()
         self.plan: ServingPlan | None = None
@@ -120,7 +122,7 @@ class ModelHost:
         return plan_versions(self.model_name, self.settings, registered, labels)
 
     def _load_from_registry(self, version: int) -> LoadedModel:
-        return LoadedModel.from_registry(self.registry_root, self.model_name, version)
+        return LoadedModel.from_registry(self.registry_root, self.model_name, version, self.verifier)
 
     async def ensure_loaded(self) -> ServingPlan:
         if self.plan is None:  # never configured: serve what the default settings pick

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from maas.data import DataSchema
+from maas.errors import IntegrityError
 
 
 @dataclass
@@ -22,15 +23,21 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
-    def from_registry(cls, root: str, name: str, version: int | str = "latest") -> LoadedModel:
-        """Resolve, fetch, verify the content hash, load in safe mode and warm up."""
+    def from_registry(cls, root: str, name: str, version: int | str = "latest",
+                      verifier: Any = None) -> LoadedModel:
+        """Resolve; check the signature (with a ``verifier``) and the content hash before reading
+        anything in the files; check the model's config against the allow-list; load; warm up."""
+        from maas.artifacts.keras_loader import load_keras_bytes
         from maas.registry import Registry
-        from maas.tfkeras import load_model
 
         registry = Registry(root)
         entry = registry.get(name, version)
-        directory = registry.fetch(entry)
-        model = load_model(str(directory / entry.metadata.get("format", "model.keras")), compile=False)
+        files = registry.read_verified(entry, verifier)
+        filename = entry.metadata.get("format", "model.keras")
+        what = f"model '{name}' version {entry.version}"
+        if filename not in files:
+            raise IntegrityError(f"{what}: its model file '{filename}' is not among its files")
+        model = load_keras_bytes(files[filename], filename, what)
         loaded = cls(name, entry.version, DataSchema.from_dict(entry.metadata["schema"]), model,
                      entry.metadata)
         loaded.predict(loaded.example_batch())  # warm-up: first call traces the graph
@@ -69,6 +76,7 @@ class LoadedModel:
             "schema": self.schema.to_dict(),
             "metrics": self.metadata.get("metrics", {}),
             "content_hash": self.metadata.get("content_hash"),
+            "signed_by": (self.metadata.get("signature") or {}).get("key_id"),
             "labels": self.metadata.get("labels", []),
             "loaded_at": self.loaded_at,
         }

@@ -97,6 +97,11 @@ class ServeAppConfig(StrictSchema):
                     "configured, predict is open; health and metadata stay open either way.")
     api_keys_env: str = Field("MAAS_API_KEYS",
                               description="Environment variable with more API keys, comma-separated.")
+    verify_key: str | None = Field(
+        None,
+        description="Ed25519 public key (a PEM file on every node, or the PEM text) that every "
+                    "served version must be signed with; default $MAAS_VERIFY_KEY; unset: versions "
+                    "are not signature-checked (the content hash still is).")
     retry_after_s: float = Field(
         1.0, gt=0, le=3600,
         description="Seconds a client is told to wait (Retry-After) when a model's queue is full (503).")
@@ -114,6 +119,12 @@ class ServeAppConfig(StrictSchema):
     def resolved_api_keys(self) -> list[str]:
         from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
         return [*self.api_keys, *from_env]
+
+    def verifier(self) -> Any:
+        """The ``Verifier`` for ``verify_key`` (or ``$MAAS_VERIFY_KEY``); None: no signature check."""
+        from maas.artifacts.signing import Verifier
+
+        return Verifier.from_setting(self.verify_key)
 
     def endpoint(self, name: str) -> ModelEndpoint | None:
         return next((m for m in self.models if m.name == name), None)
