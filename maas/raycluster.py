@@ -70,9 +70,9 @@ def choose_target(address: str | None, env_address: str | None, record: str | No
     if chosen.startswith(("http://", "https://")):
         return _through_dashboard(chosen, source, record, answers, running, is_local_host)
     if not answers(chosen):
+        hint = "" if address == "auto" else f" Without {source}, a local Ray instance is used."
         raise ClusterError(f"no Ray cluster answers at {chosen} (from {source}): nothing accepts "
-                           f"connections on that GCS port. Is the cluster running? Without "
-                           f"{source}, a local Ray instance is started instead.")
+                           f"connections on that GCS port. Is the cluster running?{hint}")
     return Target(chosen)
 
 
