@@ -218,7 +218,8 @@ class Registry:
         if not files:
             raise RegistryError(f"nothing to publish: '{source}' holds no files")
         full_metadata = {
-            **metadata,
+            # a signature is the publisher's to make, over the final metadata: never a caller's copy
+            **{key: value for key, value in metadata.items() if key != "signature"},
             "name": name,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "content_hash": hash_files(files),

@@ -378,3 +378,37 @@ def test_a_model_in_the_ingress_answers_503_past_max_pending_requests(endpoint, 
         assert "max_pending_requests=1" in refused.json()["error"]
     finally:
         serve.delete("pending")
+
+
+def test_with_a_verify_key_only_signed_versions_are_served(endpoint, tiny_job, tmp_path) -> None:
+    """verify_key in the app's args reaches a model's own deployment: a signed version serves,
+    an unsigned newer one is refused on the swap and the signed one keeps answering."""
+    from pathlib import Path
+
+    from ray import serve
+
+    from maas.artifacts.signing import Signer, generate_keys
+    from maas.registry import Registry
+    from serve.app import build_app
+
+    private, public = generate_keys(tmp_path / "keys")
+    trained = Registry(tiny_job.registry.root).get("digits_mlp", 1)
+    signed_registry = Registry(str(tmp_path / "registry"), signer=Signer.load(str(private)))
+    signed_registry.publish("digits_mlp", Path(trained.uri), {**trained.metadata, "labels": []})
+    Registry(str(tmp_path / "registry")).publish("digits_mlp", Path(trained.uri),
+                                                 {**trained.metadata, "labels": []})  # unsigned
+    app = build_app({"registry_root": str(tmp_path / "registry"), "verify_key": str(public),
+                     "models": [{"name": "digits_mlp", "user_config": {"versions": {"specific": [1]}}}]})
+    serve.run(app, name="signed", route_prefix="/signed")
+    try:
+        url = f"{endpoint}/signed/v1/models/digits_mlp"
+        body = {"instances": [np.zeros((8, 8)).tolist()]}
+        handle = serve.get_deployment_handle("digits_mlp", app_name="signed")
+        handle.reconfigure.remote({"versions": {"latest": 1}}).result(timeout_s=60)
+        reply = requests.post(f"{url}:predict", json=body, timeout=30)
+        assert reply.status_code == 200
+        served = _model_status("signed", "deployment")
+        assert served["version"] == 1 and "is not signed" in served["load_error"]
+        assert served["signed_by"] == signed_registry.get("digits_mlp", 1).metadata["signature"]["key_id"]
+    finally:
+        serve.delete("signed")
