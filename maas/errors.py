@@ -81,6 +81,12 @@ class OverloadError(MaasError):
         self.retry_after_s = retry_after_s
 
 
+class UnavailableError(OverloadError):
+    """A model cannot serve right now (no version of it loads); other models are unaffected."""
+
+    kind, http_status, exit_code = "unavailable", 503, 1
+
+
 class ClusterError(MaasError):
     """The Ray cluster or its dashboard cannot be reached at the address given."""
 
@@ -104,7 +110,7 @@ class InterruptedRunError(MaasError):
 
 _KINDS: dict[str, type[MaasError]] = {cls.kind: cls for cls in (
     MaasError, ConfigError, DataError, ModelError, RegistryError, IntegrityError, RequestError,
-    OverloadError, ClusterError, InterruptedRunError)}
+    OverloadError, UnavailableError, ClusterError, InterruptedRunError)}
 
 
 class ErrorReply(TypedDict):

@@ -32,6 +32,7 @@ from maas.schema import NAME_PATTERN as MODEL_NAME_PATTERN
 from maas.storage import absolute, is_uri
 
 METADATA_FILE = "metadata.json"
+SERVED_FILE = "served.json"  # <root>/<name>/served.json: versions that loaded in a replica, newest first
 STAGING_DIR = ".staging"
 NAME_PATTERN = re.compile(MODEL_NAME_PATTERN)
 
@@ -270,6 +271,24 @@ class Registry:
         signer = self._signer or Signer.from_env()
         return signer.sign(metadata) if signer is not None else metadata
 
+    def served_history(self, name: str) -> list[int]:
+        """Versions that a serving replica loaded, most recent first (``record_served``)."""
+        try:
+            with self.fs.open_input_stream(self._path(validate_name(name), SERVED_FILE)) as stream:
+                return [int(v) for v in json.loads(stream.read()).get("versions", [])]
+        except (FileNotFoundError, ValueError, TypeError):
+            return []
+
+    def record_served(self, name: str, version: int, keep: int = 5) -> None:
+        """Put ``version`` first in the model's served history, where every replica can read it:
+        a replica that starts while the newest version no longer loads falls back to it. The
+        file is a pointer, not a trust anchor: what it names is verified like any version."""
+        history = self.served_history(name)
+        if history[:1] == [version]:
+            return
+        history = [version, *[v for v in history if v != version]][:keep]
+        self._write_json(self._path(name, SERVED_FILE), {"versions": history})
+
     def set_labels(self, name: str, version: int, labels: list[str]) -> ModelVersion:
         """Move each label onto ``version`` (a label names one version at a time)."""
         for number in self.versions(name):
@@ -282,11 +301,13 @@ class Registry:
         return self.get(name, version)
 
     def _write_metadata(self, name: str, version: int, metadata: dict[str, Any]) -> None:
-        path = self._path(name, str(version), METADATA_FILE)
+        self._write_json(self._path(name, str(version), METADATA_FILE), metadata)
+
+    def _write_json(self, path: str, body: dict[str, Any]) -> None:
         if self.local:  # write-then-rename: a reader never sees half a JSON file
             temp = f"{path}.{uuid.uuid4().hex}.tmp"
-            Path(temp).write_text(json.dumps(metadata, indent=2))
+            Path(temp).write_text(json.dumps(body, indent=2))
             os.replace(temp, path)
         else:
             with self.fs.open_output_stream(path) as out:
-                out.write(json.dumps(metadata, indent=2).encode())
+                out.write(json.dumps(body, indent=2).encode())

@@ -97,7 +97,9 @@ def _model_row(app: str, model: str, state: str, replicas: int,
                status: dict[str, Any] | None) -> dict[str, Any]:
     row = {"app": app, "model": model, "status": state, "replicas": replicas, "version": "-",
            "rate": None}
-    if status is not None:
+    if status is not None and "error" in status:  # e.g. no version of the model loads: say why
+        row["status"] = f"{state} ({status['error']})"
+    elif status is not None:
         # one replica's last minute, times the replicas: an estimate of the whole model's rate
         row["version"] = status["version"]
         row["rate"] = status["requests_last_minute"] / 60 * max(replicas, 1)

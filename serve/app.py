@@ -58,8 +58,9 @@ class Ingress(Dataplane):
             await self.hosts[name].configure(settings)
 
     async def check_health(self) -> None:
-        for host in self.hosts.values():
-            await host.ensure_loaded()  # raises, so Serve restarts the replica, if nothing can load
+        """Healthy while the replica answers. A hosted model with no loadable version is not a
+        failed replica: it answers 503 with the reason and retries on its own, while a restart
+        would not make it load and would take every other model and route down with it."""
 
     async def hosted_models(self) -> dict[str, dict]:
         """Status of each model hosted in this replica (``python -m maas status``)."""
@@ -67,7 +68,8 @@ class Ingress(Dataplane):
 
     @http.get("/healthz")
     async def healthz(self) -> Response:
-        return json_response({"status": "ok", "models": sorted(self.models)})
+        unavailable = {name: host.unavailable for name, host in self.hosts.items() if host.unavailable}
+        return json_response({"status": "ok", "models": sorted(self.models), "unavailable": unavailable})
 
     # --- TensorFlow Serving REST (v1) ------------------------------------------------------
 
@@ -114,7 +116,9 @@ class Ingress(Dataplane):
 
     @http.get("/v2/health/ready")
     async def v2_ready(self) -> Response:
-        return json_response({"ready": True})
+        # Ready when every model hosted here can answer (models in their own deployments report
+        # through /v2/models/{name}/ready).
+        return json_response({"ready": not any(host.unavailable for host in self.hosts.values())})
 
     @http.get("/v2/models/{name}")
     async def v2_metadata(self, name: str) -> Response:

@@ -56,4 +56,5 @@ class ModelServer:
         return await self.host.status(version, label)
 
     async def check_health(self) -> None:
-        await self.host.ensure_loaded()  # raises, so Serve restarts the replica, if nothing can load
+        """Healthy while the replica answers: a model with no loadable version answers 503 with
+        the reason and retries on its own; restarting the replica would not make it load."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from maas.errors import MaasError, OverloadError, error_reply
+from maas.errors import MaasError, OverloadError, UnavailableError, error_reply
 from maas.serving.batching import predict_grouped
 from maas.serving.inputs import to_batch
 from maas.serving.model import LoadedModel
@@ -54,6 +54,10 @@ class ModelHost:
         self.plan: ServingPlan | None = None
         self.models: dict[int, LoadedModel] = {}
         self.load_error: str | None = None
+        # Set while no version of the model loads: requests get 503 with this reason, other models
+        # and routes keep serving, and loading is retried in the background.
+        self.unavailable: str | None = None
+        self._retrier: asyncio.Task | None = None
         self._failed_plan: ServingPlan | None = None  # not retried by polling; a config change retries
         self.pending = 0  # requests inside infer(): validated, queued or in a model call
         self._observe = observe
@@ -88,9 +92,12 @@ class ModelHost:
     async def sync(self, retry_failed: bool = True) -> None:
         """Serve what the settings pick from the registry now. New versions are loaded and warmed
         before they take traffic, and swapped in all at once. If any cannot be loaded (missing,
-        tampered, corrupt), what is serving keeps serving and the error shows in the status; with
-        nothing serving yet, this raises (Serve then reports the replica as failed). A poll
-        (``retry_failed=False``) does not fetch and hash a plan that already failed again."""
+        tampered, corrupt), what is serving keeps serving and the error shows in the status. With
+        nothing serving yet (a replica starting), the host falls back to the newest version that
+        loaded in any replica before (``Registry.served_history``), else marks the model
+        unavailable and retries in the background: a bad version never fails the replica, so it
+        never takes the other models and routes down. A poll (``retry_failed=False``) does not
+        fetch and hash a plan that already failed again."""
         async with self._sync_lock:
             plan: ServingPlan | None = None
             try:
@@ -100,16 +107,72 @@ class ModelHost:
                 models = {v: self.models.get(v) or await asyncio.to_thread(self._load, v)
                           for v in plan.versions}
             except Exception as exc:
-                if not self.models:
-                    raise
-                served = ", ".join(map(str, self.models))
                 self._failed_plan = plan
-                self.load_error = f"{exc} (still serving version {served})"
-                logger.error("%s: %s", self.model_name, self.load_error)
+                if self.models:
+                    served = ", ".join(map(str, self.models))
+                    self.load_error = f"{exc} (still serving version {served})"
+                    logger.error("%s: %s", self.model_name, self.load_error)
+                else:
+                    await self._start_with_what_loads(exc)
                 return
-            self.models, self.plan, self.load_error, self._failed_plan = models, plan, None, None
-            logger.info("%s: serving versions %s, default %s, labels %s", self.model_name,
-                        list(plan.versions), plan.default, plan.labels)
+            self._serve(models, plan, None)
+            await self._note_served(plan.default)
+
+    def _serve(self, models: dict[int, LoadedModel], plan: ServingPlan, error: str | None) -> None:
+        self.models, self.plan, self.load_error, self.unavailable = models, plan, error, None
+        if error is None:
+            self._failed_plan = None
+        logger.info("%s: serving versions %s, default %s, labels %s%s", self.model_name,
+                    list(plan.versions), plan.default, plan.labels, f" ({error})" if error else "")
+
+    async def _start_with_what_loads(self, exc: Exception) -> None:
+        """Nothing serving and the plan failed: the newest earlier version that loads, else
+        unavailable (503 for this model only) with a background retry."""
+        try:
+            history = await asyncio.to_thread(self._served_history)
+        except Exception:  # a registry outage: nothing to fall back to right now
+            history = []
+        for version in history:
+            try:
+                model = await asyncio.to_thread(self._load, version)
+            except Exception:
+                continue
+            error = f"{exc}; serving version {version}, the last that loaded, instead"
+            self._serve({version: model}, ServingPlan((version,), {}, version), error)
+            logger.error("%s: %s", self.model_name, error)
+            return
+        self.unavailable = f"{exc}" + (f"; earlier versions {history} do not load either" if history else "")
+        logger.error("%s: unavailable: %s", self.model_name, self.unavailable)
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.get_running_loop().create_task(self._retry_until_available())
+
+    async def _retry_until_available(self, first_wait_s: float = 5.0, longest_wait_s: float = 60.0) -> None:
+        wait = first_wait_s
+        while self.unavailable is not None and not self.models:
+            await asyncio.sleep(wait)
+            try:
+                await self.sync()
+            except Exception:  # never let the retrier die; the reason is in the model's status
+                logger.exception("%s: retry failed", self.model_name)
+            wait = min(wait * 2, longest_wait_s)
+
+    async def _note_served(self, version: int) -> None:
+        """Record a version that loaded where every replica can read it; a read-only registry
+        only costs the fallback, never the swap."""
+        try:
+            await asyncio.to_thread(self._record_served, version)
+        except Exception as exc:
+            logger.warning("%s: could not record version %s as served: %s", self.model_name, version, exc)
+
+    def _served_history(self) -> list[int]:
+        from maas.registry import Registry
+
+        return Registry(self.registry_root).served_history(self.model_name)
+
+    def _record_served(self, version: int) -> None:
+        from maas.registry import Registry
+
+        Registry(self.registry_root).record_served(self.model_name, version)
 
     def _plan(self) -> ServingPlan:
         from maas.registry import Registry
@@ -125,9 +188,11 @@ class ModelHost:
         return LoadedModel.from_registry(self.registry_root, self.model_name, version, self.verifier)
 
     async def ensure_loaded(self) -> ServingPlan:
-        if self.plan is None:  # never configured: serve what the default settings pick
+        """What is served now; ``UnavailableError`` while no version of the model loads."""
+        if self.plan is None and self.unavailable is None:  # never configured: the defaults' pick
             await self.sync()
-        assert self.plan is not None
+        if self.plan is None:
+            raise UnavailableError(f"model '{self.model_name}' is unavailable: {self.unavailable}")
         return self.plan
 
     # --- requests --------------------------------------------------------------------------
@@ -140,9 +205,9 @@ class ModelHost:
         """Validate one request against the version it asks for and predict through the batcher.
         ``payload``: the rows (v1) or the whole request body (v2). Errors come back as data
         (``maas.errors.ErrorReply``), the shape that crosses a Serve handle."""
-        plan = await self.ensure_loaded()
         self._note_request()
         try:
+            plan = await self.ensure_loaded()
             if self.pending >= self.settings.max_pending_requests:
                 raise OverloadError(
                     f"model '{self.model_name}' is overloaded: {self.pending} requests are already "
@@ -167,8 +232,8 @@ class ModelHost:
 
     async def status(self, version: str | None = None, label: str | None = None) -> dict[str, Any]:
         """The chosen version's status plus what the model serves overall; errors as data."""
-        plan = await self.ensure_loaded()
         try:
+            plan = await self.ensure_loaded()
             chosen = choose_version(self.model_name, plan, version, label)
         except MaasError as exc:
             return dict(error_reply(exc))

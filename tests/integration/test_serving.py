@@ -412,3 +412,73 @@ def test_with_a_verify_key_only_signed_versions_are_served(endpoint, tiny_job, t
         assert served["signed_by"] == signed_registry.get("digits_mlp", 1).metadata["signature"]["key_id"]
     finally:
         serve.delete("signed")
+
+
+def _kill_replica(app: str, deployment: str) -> str:
+    """SIGKILL-equivalent for one replica of ``deployment`` (Serve's controller replaces it)."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")]
+    assert names, f"no replica of {app}/{deployment}"
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    return names[0]
+
+
+def _wait_for(url: str, status: int, timeout: float = 120) -> requests.Response:
+    import time
+
+    deadline, reply = time.time() + timeout, None
+    while time.time() < deadline:
+        try:
+            reply = requests.post(url, json={"instances": [np.zeros((8, 8)).tolist()]}, timeout=10)
+            if reply.status_code == status:
+                return reply
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} never answered {status}; last: {reply and reply.text}")
+
+
+def test_a_bad_version_never_takes_a_restarted_replica_down(endpoint, tiny_job, tmp_path) -> None:
+    """A version that loaded once and later cannot: a replica started after that serves the last
+    version that loaded; with none left, that model answers 503 while the others keep serving."""
+    from pathlib import Path
+
+    from ray import serve
+
+    from maas.registry import Registry
+    from serve.app import build_app
+
+    trained = Registry(tiny_job.registry.root).get("digits_mlp", 1)
+    registry = Registry(str(tmp_path / "registry"))
+    for name in ("digits_mlp", "other"):
+        registry.publish(name, Path(trained.uri), {**trained.metadata, "labels": []})
+    app = build_app({"registry_root": registry.root_uri, "models": [
+        {"name": "digits_mlp", "hosting": "ingress"}, {"name": "other", "hosting": "ingress"}]})
+    serve.run(app, name="fallback", route_prefix="/fallback")
+    base = f"{endpoint}/fallback/v1/models"
+    try:
+        v2 = registry.publish("digits_mlp", Path(trained.uri), {**trained.metadata, "labels": []})
+        ingress = serve.get_deployment_handle("Ingress", app_name="fallback")
+        ingress.reconfigure.remote({"models": {"digits_mlp": {"refresh": 1}}}).result(timeout_s=60)
+        assert _wait_for(f"{base}/digits_mlp:predict", 200).json() and registry.served_history(
+            "digits_mlp") == [2, 1]
+        Path(v2.uri, "model.keras").write_bytes(b"gone bad")  # loaded once, now cannot
+
+        _kill_replica("fallback", "Ingress")
+        _wait_for(f"{base}/other:predict", 200)  # the replacement replica is up
+        _wait_for(f"{base}/digits_mlp:predict", 200)
+        served = ingress.hosted_models.remote().result(timeout_s=30)["digits_mlp"]
+        assert served["version"] == 1 and "the last that loaded" in served["load_error"]
+
+        Path(registry.get("digits_mlp", 1).uri, "model.keras").write_bytes(b"gone bad too")
+        _kill_replica("fallback", "Ingress")
+        _wait_for(f"{base}/other:predict", 200)
+        refused = _wait_for(f"{base}/digits_mlp:predict", 503)
+        assert "is unavailable" in refused.json()["error"] and refused.headers["Retry-After"]
+        health = requests.get(f"{endpoint}/fallback/healthz", timeout=30)
+        assert health.status_code == 200 and "digits_mlp" in health.json()["unavailable"]
+        assert requests.get(f"{endpoint}/v1/models/digits_mlp", timeout=30).status_code == 200
+    finally:
+        serve.delete("fallback")

@@ -133,3 +133,16 @@ def test_object_store_path_writes_metadata_last(tmp_path: Path) -> None:
     memory.create_dir("bucket/registry/m/2")  # an upload that never committed
     assert registry.versions("m") == [1]
     assert registry.publish("m", _model_dir(tmp_path, b"x"), {}).version == 3
+
+
+def test_served_history_keeps_the_newest_first_and_survives_a_read_only_start(tmp_path) -> None:
+    registry = Registry(str(tmp_path / "r"))
+    source = tmp_path / "m"
+    source.mkdir()
+    (source / "model.keras").write_bytes(b"x")
+    registry.publish("m", source, {})
+    assert registry.served_history("m") == []
+    for version in (1, 2, 1, 3, 4, 5, 6, 7):
+        registry.record_served("m", version)
+    assert registry.served_history("m") == [7, 6, 5, 4, 3]
+    assert registry.versions("m") == [1]  # the history file is not a version

@@ -42,9 +42,17 @@ def direct_batcher(settings: Any) -> Any:
 class FakeRegistryHost(ModelHost):
     """Versions come from ``self.registered``; versions in ``self.broken`` fail to load."""
 
-    def __init__(self, registered: list[int], broken: set[int] | None = None):
+    def __init__(self, registered: list[int], broken: set[int] | None = None,
+                 served: list[int] | None = None):
         super().__init__("m", "/nowhere", 16, load=self._fake_load, batcher=direct_batcher)
         self.registered, self.broken, self.loads = registered, broken or set(), []
+        self.served = served if served is not None else []  # the registry's served history
+
+    def _served_history(self) -> list[int]:
+        return list(self.served)
+
+    def _record_served(self, version: int) -> None:
+        self.served[:] = [version, *[v for v in self.served if v != version]]
 
     def _fake_load(self, version: int) -> LoadedModel:
         self.loads.append(version)
@@ -104,10 +112,44 @@ def test_polling_does_not_reload_a_plan_that_failed_but_a_config_change_does() -
     run(scenario())
 
 
-def test_a_first_load_that_fails_raises_so_serve_marks_the_replica_failed() -> None:
-    host = FakeRegistryHost([1], broken={1})
-    with pytest.raises(ValueError, match="integrity check"):
-        run(host.configure({}))
+def test_a_replica_starting_while_the_newest_version_fails_serves_the_last_that_loaded() -> None:
+    """A version that loaded on first sight and later cannot (file gone, registry outage): a
+    replica that starts then serves the newest version that loaded before, and says why."""
+    async def scenario() -> None:
+        served: list[int] = []
+        first = FakeRegistryHost([1], served=served)
+        await first.configure({})
+        first.registered.append(2)
+        await first.sync()  # a registry poll picks up version 2
+        assert served == [2, 1]
+        restarted = FakeRegistryHost([1, 2], broken={2}, served=served)
+        await restarted.configure({})  # no exception: the replica starts
+        answer = await restarted.infer([[0.0, 0.0]])
+        assert answer["version"] == 1
+        status = await restarted.status()
+        assert status["served_versions"] == [1] and "serving version 1, the last that loaded" in (
+            status["load_error"])
+        restarted.broken.clear()
+        await restarted.sync()  # the plan loads again: back to the newest
+        assert (await restarted.infer([[0.0, 0.0]]))["version"] == 2
+
+    run(scenario())
+
+
+def test_with_no_version_that_loads_the_model_answers_503_and_recovers_by_itself() -> None:
+    async def scenario() -> None:
+        host = FakeRegistryHost([1], broken={1})
+        await host.configure({})  # no exception: the replica (and every other model) stays up
+        refused = await host.infer([[0.0, 0.0]])
+        assert refused["status"] == 503 and refused["kind"] == "unavailable"
+        assert "model 'm' is unavailable" in refused["error"] and "integrity check" in refused["error"]
+        assert (await host.status())["status"] == 503
+        host.broken.clear()
+        host._retrier.cancel()
+        await host._retry_until_available(first_wait_s=0.01)
+        assert host.unavailable is None and (await host.infer([[0.0, 0.0]]))["version"] == 1
+
+    run(scenario())
 
 
 def test_bad_requests_and_unknown_versions_come_back_as_data() -> None:
