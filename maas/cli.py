@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from maas.config import default_registry_root
@@ -34,6 +35,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="Ed25519 public key (PEM file); default $MAAS_VERIFY_KEY")
     keygen = models.add_parser("keygen", help="a new signing key pair: DIR/signing.key and DIR/signing.pub")
     keygen.add_argument("directory")
+    keygen.add_argument("--master", action="store_true",
+                        help="instead: a master key for encryption at rest, DIR/master.key")
     status = groups.add_parser("status", help="cluster resources, jobs and served models, on one screen")
     status.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or auto)")
     _add_serve_commands(groups)
@@ -84,6 +87,12 @@ def run(args: argparse.Namespace) -> str:
         return render(collect(args.address))
     if args.group == "serve":
         return serve_command(args)
+    if args.action == "keygen" and args.master:
+        from maas.artifacts.encryption import generate_master_key
+
+        path = generate_master_key(Path(args.directory) / "master.key")
+        return (f"master key: {path} (publishers and serving nodes read it from "
+                "$MAAS_MASTER_KEY_FILE; publishing then encrypts every version's files)")
     if args.action == "keygen":
         from maas.artifacts.signing import generate_keys
 

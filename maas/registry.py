@@ -81,11 +81,16 @@ def _read_tree(root: Path) -> dict[str, bytes]:
 
 
 class Registry:
-    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None, signer: Any = None):
+    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None, signer: Any = None,
+                 encryption_key: Any = None):
         """``signer`` (``maas.artifacts.signing.Signer``) signs every version published; by
-        default the key named by ``$MAAS_SIGNING_KEY``, if set (else versions are unsigned)."""
+        default the key named by ``$MAAS_SIGNING_KEY``, if set (else versions are unsigned).
+        ``encryption_key`` (``maas.artifacts.encryption.MasterKey`` or a KMS wrapper) encrypts
+        the files of every version published; by default the key file named by
+        ``$MAAS_MASTER_KEY_FILE``, if set (else files are stored as they are)."""
         self.root_uri = root
         self._signer = signer
+        self._encryption_key = encryption_key
         if filesystem is not None:  # an explicit pyarrow filesystem (tests, custom credentials)
             self.fs, self.root = filesystem, root
         elif is_uri(root):
@@ -218,6 +223,7 @@ class Registry:
         files = _read_tree(source)
         if not files:
             raise RegistryError(f"nothing to publish: '{source}' holds no files")
+        files, encryption = self._encrypted(files)
         full_metadata = {
             # a signature is the publisher's to make, over the final metadata: never a caller's copy
             **{key: value for key, value in metadata.items() if key != "signature"},
@@ -227,16 +233,27 @@ class Registry:
             "files": {path: len(content) for path, content in files.items()},
             "labels": list(metadata.get("labels", [])),
         }
+        full_metadata.pop("encryption", None)  # a caller's copy of another version's envelope
+        if encryption is not None:
+            full_metadata["encryption"] = encryption
         if self.local:
-            return self._publish_local(name, source, full_metadata)
-        return self._publish_remote(name, source, full_metadata)
+            return self._publish_local(name, files, full_metadata)
+        return self._publish_remote(name, files, full_metadata)
 
-    def _publish_local(self, name: str, source: Path, metadata: dict[str, Any]) -> ModelVersion:
+    def _encrypted(self, files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+        from maas.artifacts.encryption import MasterKey, encrypt_files
+
+        key = self._encryption_key or MasterKey.from_env()
+        return encrypt_files(files, key) if key is not None else (files, None)
+
+    def _publish_local(self, name: str, files: dict[str, bytes], metadata: dict[str, Any]) -> ModelVersion:
         base = Path(self._path(name))
         staging = base / STAGING_DIR / uuid.uuid4().hex
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(METADATA_FILE))
+        staging.mkdir(parents=True)
         try:
+            for rel_path, content in files.items():
+                (staging / rel_path).parent.mkdir(parents=True, exist_ok=True)
+                (staging / rel_path).write_bytes(content)
             while True:  # another publisher may take a number first: retry with the next one
                 version = self._next_number(name)
                 target = base / str(version)
@@ -252,15 +269,15 @@ class Registry:
             shutil.rmtree(staging, ignore_errors=True)
         return self.get(name, version)
 
-    def _publish_remote(self, name: str, source: Path, metadata: dict[str, Any]) -> ModelVersion:
+    def _publish_remote(self, name: str, files: dict[str, bytes], metadata: dict[str, Any]) -> ModelVersion:
         version = self._next_number(name)
         target = self._path(name, str(version))
         if self._exists(target):
             raise RegistryError(f"version {version} of '{name}' is being written by another publisher")
         self.fs.create_dir(target)
-        for rel_path in _read_tree(source):
+        for rel_path, content in files.items():
             with self.fs.open_output_stream(f"{target}/{rel_path}") as out:
-                out.write((source / rel_path).read_bytes())
+                out.write(content)
         with self.fs.open_output_stream(f"{target}/{METADATA_FILE}") as out:  # commit marker
             out.write(json.dumps(self._signed({**metadata, "version": version}), indent=2).encode())
         return self.get(name, version)

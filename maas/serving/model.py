@@ -33,8 +33,12 @@ class LoadedModel:
         registry = Registry(root)
         entry = registry.get(name, version)
         files = registry.read_verified(entry, verifier)
-        filename = entry.metadata.get("format", "model.keras")
         what = f"model '{name}' version {entry.version}"
+        if "encryption" in entry.metadata:  # decrypted here, in memory; never written to disk
+            from maas.artifacts.encryption import MasterKey, decrypt_files
+
+            files = decrypt_files(files, entry.metadata["encryption"], MasterKey.from_env(), what)
+        filename = entry.metadata.get("format", "model.keras")
         if filename not in files:
             raise IntegrityError(f"{what}: its model file '{filename}' is not among its files")
         model = load_keras_bytes(files[filename], filename, what)
