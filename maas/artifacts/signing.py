@@ -55,22 +55,30 @@ def _pem(source: str) -> bytes:
     return path.read_bytes()
 
 
+def _load_key(source: str, private: bool) -> Any:
+    """An Ed25519 key from PEM (text or file); a ConfigError naming the source otherwise."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+
+    role, kind = ("signing", "private") if private else ("verify", "public")
+    shown = source[:60]
+    try:
+        pem = _pem(source)
+        key = load_pem_private_key(pem, password=None) if private else load_pem_public_key(pem)
+    except ValueError as exc:
+        raise ConfigError(f"{role} key '{shown}' is not a PEM {kind} key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey if private else Ed25519PublicKey):
+        raise ConfigError(f"{role} key '{shown}' is not an Ed25519 key")
+    return key
+
+
 @dataclass(frozen=True)
 class Signer:
     private_key: Any  # cryptography Ed25519PrivateKey
 
     @classmethod
     def load(cls, source: str) -> Signer:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        try:
-            key = load_pem_private_key(_pem(source), password=None)
-        except ValueError as exc:
-            raise ConfigError(f"signing key '{source}' is not a PEM private key: {exc}") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError(f"signing key '{source}' is not an Ed25519 key")
-        return cls(key)
+        return cls(_load_key(source, private=True))
 
     @classmethod
     def from_env(cls) -> Signer | None:
@@ -95,16 +103,7 @@ class Verifier:
 
     @classmethod
     def load(cls, source: str) -> Verifier:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-        try:
-            key = load_pem_public_key(_pem(source))
-        except ValueError as exc:
-            raise ConfigError(f"verify key '{source[:60]}' is not a PEM public key: {exc}") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise ConfigError(f"verify key '{source[:60]}' is not an Ed25519 key")
-        return cls(key)
+        return cls(_load_key(source, private=False))
 
     @classmethod
     def from_setting(cls, setting: str | None) -> Verifier | None:
