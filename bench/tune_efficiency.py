@@ -31,7 +31,7 @@ def sweep(scheduler: str, samples: int, epochs: int, work: Path) -> tuple[int, f
     started = time.perf_counter()
     outcome = run_sweep(cfg, base)
     wall = time.perf_counter() - started
-    rows = outcome["rows"]
+    rows = outcome.rows
     return sum(r["epochs_run"] for r in rows), wall, max(r["best_val_accuracy"] for r in rows)
 
 

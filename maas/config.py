@@ -124,6 +124,12 @@ class RunSection(StrictSchema):
     max_failures: int = Field(2, ge=-1, description="Worker-group restarts from the last checkpoint")
     resume: bool = Field(False, description="Continue the run named run.name from its last checkpoint")
     checkpoints_to_keep: int = Field(2, ge=1)
+    checkpoint_every_epochs: int = Field(
+        1, ge=1,
+        description="Write a checkpoint every N epochs (the last epoch always gets one, so the "
+                    "finished run has its model). A worker failure then redoes up to N-1 epochs "
+                    "from the last checkpoint; history stays gap-free. Each checkpoint costs a "
+                    "model save on every worker (about 2 s for the digits MLP on 2 cores).")
 
 
 class RegistrySection(StrictSchema):

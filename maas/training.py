@@ -1,12 +1,13 @@
 """Distributed training: the per-worker loop and ``build_trainer(cfg)``.
 
-Rules learnt the hard way (../shared/notes/ray-tf-facts.md):
+Rules learnt the hard way (docs/keras-on-ray.md says how each was checked):
 * Keras is tf_keras (Keras 2); Keras 3 cannot ``fit`` under MultiWorkerMirroredStrategy.
 * Every rank saves the model (saving runs collectives; saving on rank 0 alone deadlocks) and
   every rank calls ``ray.train.report`` once per epoch (it is a barrier); only rank 0 attaches
-  the checkpoint.
+  the checkpoint, on the epochs that are checkpointed (``run.checkpoint_every_epochs``).
 * The per-epoch history travels inside the checkpoint, so a run restarted after a worker died
-  keeps the epochs it had already done and does not repeat them.
+  keeps the epochs it had already checkpointed and does not repeat them.
+* Where a run's time goes is printed as ``[train] phase <name> <seconds>`` lines (``PHASES``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from maas.config import TrainJobConfig, config_to_dict
 from maas.data import Splits, feature_stats, load_dataset, shard_indices
-from maas.errors import ConfigError
+from maas.errors import ConfigError, ModelError
 from maas.models import build_model, check_compatible, compile_model, effective_learning_rate
 from maas.storage import absolute, filesystem_for
 from maas.tfkeras import keras, load_model, save_model, tensorflow
@@ -38,6 +39,14 @@ PLACEMENT_GROUP_KEY = "placement_group_id"  # reported each epoch beside the met
 
 class TrainingInputError(ConfigError):
     """The job cannot run as configured; raised on the driver before any worker starts."""
+
+
+class NoModelError(ModelError):
+    """A run or sweep ended without a checkpointed model, so there is nothing to register."""
+
+
+# The phases of a training job, in order; together they account for its wall time.
+PHASES = ("data", "worker_start", "fit", "checkpoints", "test_eval", "worker_stop", "publish")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +80,7 @@ def check_capacity(cfg: TrainJobConfig, cluster: dict[str, float], use_gpu: bool
     for resource, amount in per_worker.items():
         needed = amount * cfg.scaling.num_workers
         if cluster.get(resource, 0.0) + 1e-9 < needed:
-            raise TrainingInputError(
+            raise ModelError(
                 f"scaling.num_workers={cfg.scaling.num_workers} workers need {needed:g} {resource} "
                 f"({amount:g} each) but the cluster has {cluster.get(resource, 0.0):g}: lower "
                 "num_workers or the per-worker resources, or set scaling.autoscaling=true on a "
@@ -84,7 +93,7 @@ def resolve_use_gpu(setting: str | bool, cluster: dict[str, float]) -> bool:
     if setting == "auto":
         return has_gpus
     if setting and not has_gpus:
-        raise TrainingInputError("scaling.use_gpu=true but the cluster has no GPUs; use auto or false")
+        raise ModelError("scaling.use_gpu=true but the cluster has no GPUs; use auto or false")
     return bool(setting)
 
 
@@ -105,6 +114,22 @@ def progress_line(metrics: dict[str, float], epochs: int) -> str:
     )
 
 
+def should_checkpoint(epoch: int, every: int, epochs: int) -> bool:
+    """Whether 1-based ``epoch`` writes a checkpoint: every ``every``-th, and always the last so
+    that the finished run has its final model."""
+    return epoch % every == 0 or epoch >= epochs
+
+
+def phase_line(name: str, seconds: float) -> str:
+    return f"[train] phase {name} {seconds:.2f}"
+
+
+def training_throughput(samples: int, train_seconds: float) -> float:
+    """Samples per second of training proper: ``train_seconds`` excludes validation and
+    checkpoint writing, which do not grow with the data a step trains on."""
+    return samples / train_seconds if train_seconds > 0 else 0.0
+
+
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> list[list[int]]:
     """Rows: true class, columns: predicted class."""
     matrix = np.zeros((num_classes, num_classes), dtype=int)
@@ -113,7 +138,7 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
 
 
 # ---------------------------------------------------------------------------------------------
-# Worker side
+# Worker side: setup -> fit -> evaluate and record
 
 
 def _configure_threads(tf: Any, cpus: float) -> None:
@@ -166,6 +191,140 @@ def _make_dataset_fn(x: np.ndarray, y: np.ndarray, batch: int, seed: int):
     return dataset_fn
 
 
+def _choose_strategy(tf: Any, world: int, use_gpu: bool) -> Any:
+    # One worker has nobody to all-reduce with: MWMS would only add per-step overhead.
+    if world == 1:
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if use_gpu else "/cpu:0")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+@dataclass
+class WorkerSetup:
+    """What one rank trains: its config, place in the group, data shard and model."""
+
+    cfg: TrainJobConfig
+    rank: int
+    world: int
+    run_dir: str
+    splits: Splits
+    shard: np.ndarray
+    steps: int
+    start: _Start
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.steps * self.cfg.training.batch_size * self.world
+
+
+def setup_worker(loop_config: dict[str, Any]) -> WorkerSetup:
+    """Threads, seeds, strategy, this rank's data shard, and the model (restored or new)."""
+    import ray.train
+
+    cfg = TrainJobConfig.model_validate(loop_config["job"])  # validated again, worker side
+    use_gpu = bool(loop_config.get("use_gpu", False))
+    tf = tensorflow()
+    _configure_threads(tf, cfg.scaling.worker_resources(use_gpu).get("CPU", 1))
+    if use_gpu and cfg.training.mixed_precision:
+        keras().mixed_precision.set_global_policy("mixed_float16")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    keras().utils.set_random_seed(cfg.training.seed + rank)
+
+    splits = load_dataset(cfg.data)
+    shard = shard_indices(len(splits.x_train), rank, world, cfg.training.seed)
+    steps = steps_per_epoch(len(splits.x_train), world, cfg.training.batch_size)
+    with _choose_strategy(tf, world, use_gpu).scope():
+        start = _restore_or_build(cfg, splits, world)
+    return WorkerSetup(cfg, rank, world, loop_config["run_dir"], splits, shard, steps, start)
+
+
+@dataclass
+class FitTimes:
+    """Where a rank's ``fit`` time went. ``train_s`` (the part that trains on batches) and
+    ``checkpoint_s`` (saving and reporting checkpoints) are both inside ``fit_s``."""
+
+    fit_s: float = 0.0
+    train_s: float = 0.0
+    checkpoint_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def fit_worker(setup: WorkerSetup) -> FitTimes:
+    """Train the remaining epochs; the callback reports (and checkpoints) each one."""
+    cfg, times = setup.cfg, FitTimes(history=list(setup.start.history))
+    if setup.start.epoch >= cfg.training.epochs:
+        return times  # a resumed run that had already finished
+    batch = cfg.training.batch_size
+    dataset_fn = _make_dataset_fn(setup.splits.x_train[setup.shard], setup.splits.y_train[setup.shard],
+                                  batch, cfg.training.seed + setup.rank)
+    started = time.perf_counter()
+    setup.start.model.fit(
+        keras().utils.experimental.DatasetCreator(dataset_fn),
+        epochs=cfg.training.epochs,
+        initial_epoch=setup.start.epoch,
+        steps_per_epoch=setup.steps,
+        validation_data=(_as_model_input(setup.splits.x_val), setup.splits.y_val),
+        validation_batch_size=256,
+        callbacks=[_make_report_callback(setup, times)],
+        verbose=0,
+    )
+    times.fit_s = time.perf_counter() - started
+    return times
+
+
+def _make_report_callback(setup: WorkerSetup, times: FitTimes) -> Any:
+    """The Keras callback that reports once per epoch on every rank (``ray.train.report`` is a
+    barrier) and checkpoints on the epochs ``should_checkpoint`` picks."""
+    import ray.train
+
+    rank, epochs = setup.rank, setup.cfg.training.epochs
+    every = setup.cfg.run.checkpoint_every_epochs
+    gauges = _epoch_gauges() if rank == 0 else {}
+    placement_group = _current_placement_group_id()
+
+    class ReportCallback(keras().callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self._started = time.perf_counter()
+            self._trained: float | None = None
+
+        def on_test_begin(self, logs: Any = None) -> None:
+            # Validation starts: the training part of the epoch is over. samples/s counts only it.
+            self._trained = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            now = time.perf_counter()
+            train_time = (self._trained or now) - self._started
+            times.train_s += train_time
+            metrics = {key: float(value) for key, value in (logs or {}).items()}
+            metrics.update(epoch=epoch + 1, epoch_time_s=now - self._started,
+                           samples_per_s=training_throughput(setup.samples_per_epoch, train_time))
+            times.history.append(metrics)
+            _append_progress(setup.run_dir, rank, {"epoch": epoch + 1, "pid": os.getpid(),
+                                                   "time": time.time()})
+            if rank == 0:
+                print(progress_line(metrics, epochs), flush=True)
+                _publish_gauges(gauges, metrics, ray.train.get_context().get_experiment_name())
+                metrics = {**metrics, PLACEMENT_GROUP_KEY: placement_group}
+            if should_checkpoint(epoch + 1, every, epochs):
+                saving = time.perf_counter()
+                self._report_with_checkpoint(epoch + 1, metrics)
+                times.checkpoint_s += time.perf_counter() - saving
+            else:
+                ray.train.report(metrics)  # every rank, every epoch: it is a barrier
+
+        def _report_with_checkpoint(self, epoch: int, metrics: dict[str, Any]) -> None:
+            with tempfile.TemporaryDirectory() as directory:
+                save_model(self.model, os.path.join(directory, MODEL_FILE))  # every rank
+                if rank != 0:
+                    ray.train.report(metrics)
+                    return
+                state = {"epoch": epoch, "history": times.history}
+                Path(directory, STATE_FILE).write_text(json.dumps(state))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+    return ReportCallback()
+
+
 def _append_progress(run_dir: str, rank: int, record: dict[str, Any]) -> None:
     """One line per rank per epoch beside the checkpoints: which process trained which epoch."""
     fs, path = filesystem_for(run_dir)
@@ -179,53 +338,11 @@ def _append_progress(run_dir: str, rank: int, record: dict[str, Any]) -> None:
         out.write(previous + json.dumps(record).encode() + b"\n")
 
 
-def _make_report_callback(rank: int, epochs: int, samples_per_epoch: int, start: _Start,
-                          run_dir: str) -> Any:
-    """The Keras callback that checkpoints and reports once per epoch on every rank."""
-    import ray.train
-
-    history = list(start.history)
-    gauges = _epoch_gauges() if rank == 0 else {}
-    placement_group = _current_placement_group_id()
-
-    class ReportCallback(keras().callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self._started = time.perf_counter()
-            self._trained = None
-
-        def on_test_begin(self, logs: Any = None) -> None:
-            # Validation starts: the training part of the epoch is over. samples/s counts only it.
-            self._trained = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            now = time.perf_counter()
-            train_time = (self._trained or now) - self._started
-            metrics = {key: float(value) for key, value in (logs or {}).items()}
-            metrics.update(epoch=epoch + 1, epoch_time_s=now - self._started,
-                           samples_per_s=samples_per_epoch / max(train_time, 1e-9))
-            history.append(metrics)
-            _append_progress(run_dir, rank, {"epoch": epoch + 1, "pid": os.getpid(),
-                                             "time": time.time()})
-            with tempfile.TemporaryDirectory() as directory:
-                save_model(self.model, os.path.join(directory, MODEL_FILE))  # every rank
-                if rank == 0:
-                    state = {"epoch": epoch + 1, "history": history}
-                    Path(directory, STATE_FILE).write_text(json.dumps(state))
-                    print(progress_line(metrics, epochs), flush=True)
-                    _publish_gauges(gauges, metrics, ray.train.get_context().get_experiment_name())
-                    ray.train.report({**metrics, PLACEMENT_GROUP_KEY: placement_group},
-                                     checkpoint=ray.train.Checkpoint.from_directory(directory))
-                else:
-                    ray.train.report(metrics)
-
-    return ReportCallback(), history
-
-
 def _current_placement_group_id() -> str:
     """The worker group's placement group, reported so that a sweep driver can free it: when Tune
     stops a trial it kills the trial's process, which takes the Train controller down before the
     controller removes its placement group, and that group keeps its CPUs until the driver exits
-    (Ray's own cleaner for this needs the dashboard's state API)."""
+    (Ray's own cleaner for this needs the dashboard's state API; docs/keras-on-ray.md)."""
     from ray.util import get_current_placement_group
 
     group = get_current_placement_group()
@@ -249,6 +366,22 @@ def _publish_gauges(gauges: dict[str, Any], metrics: dict[str, float], run: str)
             gauge.set(float(metrics[name]), tags={"run": run})
 
 
+@dataclass(frozen=True)
+class TestEvaluation:
+    metrics: dict[str, float]  # test_loss, test_accuracy
+    confusion: list[list[int]]
+
+
+def evaluate_on_test(model: Any, splits: Splits) -> TestEvaluation:
+    """A model's loss, accuracy and confusion matrix on the test split (workers and driver)."""
+    x_test = _as_model_input(splits.x_test)
+    scores = model.evaluate(x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
+    predicted = np.asarray(model(x_test, training=False)).argmax(axis=1)
+    return TestEvaluation(
+        {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"])},
+        confusion_matrix(splits.y_test, predicted, splits.schema.num_classes))
+
+
 def _write_worker_record(run_dir: str, record: dict[str, Any]) -> None:
     """One JSON per rank beside the run's checkpoints: what each worker actually trained on."""
     fs, path = filesystem_for(run_dir)
@@ -257,74 +390,44 @@ def _write_worker_record(run_dir: str, record: dict[str, Any]) -> None:
         out.write(json.dumps(record).encode())
 
 
-def _choose_strategy(tf: Any, world: int, use_gpu: bool) -> Any:
-    # One worker has nobody to all-reduce with: MWMS would only add per-step overhead.
-    if world == 1:
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if use_gpu else "/cpu:0")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+def evaluate_and_record(setup: WorkerSetup, times: FitTimes) -> dict[str, Any]:
+    """Test metrics, this rank's record beside the checkpoints, and the loop's return value."""
+    cfg = setup.cfg
+    evaluating = time.perf_counter()
+    test = evaluate_on_test(setup.start.model, setup.splits)  # every rank: it may run collectives
+    test_eval_s = time.perf_counter() - evaluating
+    epochs_run = cfg.training.epochs - setup.start.epoch
+    _write_worker_record(setup.run_dir, {
+        "rank": setup.rank, "world_size": setup.world, "host": socket.gethostname(),
+        "pid": os.getpid(), "shard_rows": len(setup.shard), "shard_indices": setup.shard.tolist(),
+        "steps_per_epoch": setup.steps, "per_worker_batch": cfg.training.batch_size,
+        "epochs_trained": epochs_run, "resumed_from_epoch": setup.start.epoch,
+    })
+    return {
+        **test.metrics,
+        "train_time_s": times.fit_s,
+        "samples_per_s": training_throughput(epochs_run * setup.samples_per_epoch, times.train_s),
+        "resumed_from_epoch": setup.start.epoch,
+        "global_batch_size": cfg.training.batch_size * setup.world,
+        "learning_rate": effective_learning_rate(cfg.optimizer, setup.world),
+        "confusion_matrix": test.confusion,
+        "history": times.history,
+        # wall-clock marks and durations; the driver turns them into phase lines
+        TIMINGS_KEY: {"fit_s": times.fit_s, "checkpoint_s": times.checkpoint_s,
+                      "test_eval_s": test_eval_s},
+    }
+
+
+TIMINGS_KEY = "timings"
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    import ray.train
-
-    cfg = TrainJobConfig.model_validate(loop_config["job"])  # validated again, worker side
-    use_gpu = bool(loop_config.get("use_gpu", False))
-    run_dir = loop_config["run_dir"]
-    tf = tensorflow()
-    _configure_threads(tf, cfg.scaling.worker_resources(use_gpu).get("CPU", 1))
-    if use_gpu and cfg.training.mixed_precision:
-        keras().mixed_precision.set_global_policy("mixed_float16")
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    keras().utils.set_random_seed(cfg.training.seed + rank)
-
-    splits = load_dataset(cfg.data)
-    shard = shard_indices(len(splits.x_train), rank, world, cfg.training.seed)
-    batch = cfg.training.batch_size
-    steps = steps_per_epoch(len(splits.x_train), world, batch)
-    strategy = _choose_strategy(tf, world, use_gpu)
-    with strategy.scope():
-        start = _restore_or_build(cfg, splits, world)
-
-    dataset_fn = _make_dataset_fn(splits.x_train[shard], splits.y_train[shard], batch,
-                                  cfg.training.seed + rank)
-    callback, history = _make_report_callback(rank, cfg.training.epochs, steps * batch * world,
-                                              start, run_dir)
-    started = time.perf_counter()
-    if start.epoch < cfg.training.epochs:
-        start.model.fit(
-            keras().utils.experimental.DatasetCreator(dataset_fn),
-            epochs=cfg.training.epochs,
-            initial_epoch=start.epoch,
-            steps_per_epoch=steps,
-            validation_data=(_as_model_input(splits.x_val), splits.y_val),
-            validation_batch_size=256,
-            callbacks=[callback],
-            verbose=0,
-        )
-    train_time = time.perf_counter() - started
-    x_test = _as_model_input(splits.x_test)
-    test = start.model.evaluate(x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
-    predicted = np.asarray(start.model(x_test, training=False)).argmax(axis=1)
-
-    epochs_run = cfg.training.epochs - start.epoch
-    _write_worker_record(run_dir, {
-        "rank": rank, "world_size": world, "host": socket.gethostname(), "pid": os.getpid(),
-        "shard_rows": len(shard), "shard_indices": shard.tolist(),
-        "steps_per_epoch": steps, "per_worker_batch": batch,
-        "epochs_trained": epochs_run, "resumed_from_epoch": start.epoch,
-    })
-    return {
-        "test_loss": float(test["loss"]),
-        "test_accuracy": float(test["accuracy"]),
-        "train_time_s": train_time,
-        "samples_per_s": epochs_run * steps * batch * world / max(train_time, 1e-9),
-        "resumed_from_epoch": start.epoch,
-        "global_batch_size": batch * world,
-        "learning_rate": effective_learning_rate(cfg.optimizer, world),
-        "confusion_matrix": confusion_matrix(splits.y_test, predicted, splits.schema.num_classes),
-        "history": history,
-    }
+    setup = setup_worker(loop_config)
+    ready_at = time.time()
+    times = fit_worker(setup)
+    result = evaluate_and_record(setup, times)
+    result[TIMINGS_KEY].update(ready_at=ready_at, finished_at=time.time())
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,6 +440,7 @@ class TrainOutcome:
     run_dir: str
     metrics: dict[str, Any]
     version: Any  # maas.registry.ModelVersion
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per PHASES name
 
 
 def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False,
@@ -386,91 +490,136 @@ def choose_run_name(cfg: TrainJobConfig, run_name: str | None = None) -> str:
     return name
 
 
+def load_checked_data(cfg: TrainJobConfig) -> Splits:
+    """Load the data set and check the job against it on the driver, before any worker starts;
+    prints the ``data`` phase."""
+    started = time.perf_counter()
+    splits = load_dataset(cfg.data)
+    check_job(cfg, splits)
+    print(phase_line("data", time.perf_counter() - started), flush=True)
+    return splits
+
+
+def worker_phases(timings: dict[str, float], fit_called_at: float,
+                  fit_returned_at: float) -> dict[str, float]:
+    """Phase seconds from rank 0's timings and the driver's wall clock around ``fit()``. ``fit``
+    excludes checkpoint writing, so the phases add up. (Wall clocks of two machines differ a
+    little; the start/stop phases are clamped at 0.)"""
+    fit_s, checkpoint_s = timings.get("fit_s", 0.0), timings.get("checkpoint_s", 0.0)
+    ready_at = timings.get("ready_at", fit_called_at)
+    finished_at = timings.get("finished_at", fit_returned_at)
+    return {
+        "worker_start": max(0.0, ready_at - fit_called_at),
+        "fit": max(0.0, fit_s - checkpoint_s),
+        "checkpoints": checkpoint_s,
+        "test_eval": timings.get("test_eval_s", 0.0),
+        "worker_stop": max(0.0, fit_returned_at - finished_at),
+    }
+
+
 def run_training(cfg: TrainJobConfig, run_name: str | None = None,
                  splits: Splits | None = None) -> TrainOutcome:
     """Validate data, config and cluster here; train on the cluster; evaluate; register.
 
-    ``splits``: the data set already loaded and checked by the caller (the CLI does, to print its
-    plan before Ray starts); otherwise it is loaded and checked here.
+    ``splits``: the data set already loaded and checked by the caller (the CLI does, with
+    ``load_checked_data``, to print its plan before Ray starts); otherwise it is loaded here.
     """
     import ray
 
     if splits is None:
-        splits = load_dataset(cfg.data)  # bad data fails here, before any worker starts
-        check_job(cfg, splits)
+        splits = load_checked_data(cfg)  # bad data fails here, before any worker starts
     cluster = ray.cluster_resources()
     use_gpu = resolve_use_gpu(cfg.scaling.use_gpu, cluster)
     check_capacity(cfg, cluster, use_gpu)
     run_name = choose_run_name(cfg, run_name)
+    fit_called_at = time.time()
     result = build_trainer(cfg, run_name, use_gpu).fit()
     metrics = dict(result.return_value or {})
+    phases = worker_phases(metrics.pop(TIMINGS_KEY, {}), fit_called_at, time.time())
+    for name, seconds in phases.items():
+        print(phase_line(name, seconds), flush=True)
     if result.checkpoint is None:
-        raise RuntimeError(f"training run '{run_name}' finished without a checkpoint")
-    run_dir = f"{absolute(cfg.run.storage_path)}/{run_name}"
-    history = metrics.pop("history", [])
-    confusion = metrics.pop("confusion_matrix", None)
+        raise NoModelError(f"training run '{run_name}' finished without a checkpoint, so there is "
+                           "no model to register; its log says why")
+    publishing = time.perf_counter()
     with result.checkpoint.as_directory() as directory:
-        version = publish_model(cfg, splits, run_name, Path(directory), metrics, history, confusion,
-                                result.checkpoint.path, use_gpu)
-    return TrainOutcome(run_name, run_dir, metrics, version)
+        version = publish_model(PublishRequest(
+            cfg=cfg, splits=splits, run_name=run_name, checkpoint_dir=Path(directory),
+            checkpoint_uri=result.checkpoint.path, history=metrics.pop("history", []),
+            confusion=metrics.pop("confusion_matrix", None), metrics=metrics, use_gpu=use_gpu,
+            phases=phases))
+    phases["publish"] = time.perf_counter() - publishing
+    print(phase_line("publish", phases["publish"]), flush=True)
+    return TrainOutcome(run_name, f"{absolute(cfg.run.storage_path)}/{run_name}", metrics, version,
+                        phases)
 
 
-def evaluate_checkpoint(checkpoint_dir: Path, splits: Splits) -> tuple[dict[str, float], list[list[int]]]:
+def evaluate_checkpoint(checkpoint_dir: Path, splits: Splits) -> TestEvaluation:
     """Test metrics of a saved model, computed here on the driver (used for tuning winners)."""
-    model = load_model(str(checkpoint_dir / MODEL_FILE))
-    x_test = _as_model_input(splits.x_test)
-    scores = model.evaluate(x_test, splits.y_test, batch_size=256, verbose=0, return_dict=True)
-    predicted = np.asarray(model(x_test, training=False)).argmax(axis=1)
-    metrics = {"test_loss": float(scores["loss"]), "test_accuracy": float(scores["accuracy"])}
-    return metrics, confusion_matrix(splits.y_test, predicted, splits.schema.num_classes)
+    return evaluate_on_test(load_model(str(checkpoint_dir / MODEL_FILE)), splits)
 
 
-def publish_model(cfg: TrainJobConfig, splits: Splits, run_name: str, checkpoint_dir: Path,
-                  metrics: dict[str, Any], history: list[dict[str, Any]],
-                  confusion: list[list[int]] | None, checkpoint_path: str, use_gpu: bool,
-                  extra: dict[str, Any] | None = None) -> Any:
+@dataclass(frozen=True)
+class PublishRequest:
+    """Everything a registered version is made of: the model file of a checkpoint and what the
+    run learnt about it (test metrics, history, confusion matrix, lineage)."""
+
+    cfg: TrainJobConfig
+    splits: Splits
+    run_name: str
+    checkpoint_dir: Path  # a local directory holding MODEL_FILE
+    checkpoint_uri: str  # where the checkpoint lives in run storage (lineage)
+    metrics: dict[str, Any]  # test metrics and training figures (train_time_s, samples_per_s, ...)
+    history: list[dict[str, Any]]
+    confusion: list[list[int]] | None
+    use_gpu: bool = False
+    phases: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the sweep that chose this model
+
+
+def publish_model(request: PublishRequest) -> Any:
     """Register a checkpoint's model with its report files (learning curve, confusion matrix)."""
     from maas.registry import Registry
     from maas.reports import write_learning_curve
 
     with tempfile.TemporaryDirectory() as staged:
-        Path(staged, MODEL_FILE).write_bytes(Path(checkpoint_dir, MODEL_FILE).read_bytes())
-        write_learning_curve(history, Path(staged, "learning_curve.png"), title=run_name)
+        Path(staged, MODEL_FILE).write_bytes(Path(request.checkpoint_dir, MODEL_FILE).read_bytes())
+        write_learning_curve(request.history, Path(staged, "learning_curve.png"),
+                             title=request.run_name)
         Path(staged, "confusion_matrix.json").write_text(json.dumps(
-            {"classes": splits.schema.classes, "rows_true_columns_predicted": confusion}))
-        Path(staged, "history.json").write_text(json.dumps(history))
-        metadata = _version_metadata(cfg, splits, run_name, metrics, history, confusion,
-                                     checkpoint_path, use_gpu)
-        return Registry(cfg.registry.root).publish(cfg.registry.model_name, staged,
-                                                   {**metadata, **(extra or {})})
+            {"classes": request.splits.schema.classes,
+             "rows_true_columns_predicted": request.confusion}))
+        Path(staged, "history.json").write_text(json.dumps(request.history))
+        metadata = {**_version_metadata(request), **request.extra}
+        return Registry(request.cfg.registry.root).publish(request.cfg.registry.model_name, staged,
+                                                           metadata)
 
 
-def _version_metadata(cfg: TrainJobConfig, splits: Splits, run_name: str,
-                      test_metrics: dict[str, Any], history: list[dict[str, float]],
-                      confusion: list[list[int]] | None, checkpoint_path: str,
-                      use_gpu: bool) -> dict[str, Any]:
+def _version_metadata(request: PublishRequest) -> dict[str, Any]:
     import ray
 
-    final_epoch = history[-1] if history else {}
+    cfg, splits, figures = request.cfg, request.splits, request.metrics
+    final_epoch = request.history[-1] if request.history else {}
     return {
-        "metrics": {**final_epoch, **test_metrics},
-        "confusion_matrix": confusion,
+        "metrics": {**final_epoch, **figures},
+        "confusion_matrix": request.confusion,
         "config": config_to_dict(cfg),
         "schema": splits.schema.to_dict(),
-        "run_id": run_name,
+        "run_id": request.run_name,
         "training": {
-            "epochs": len(history),
-            "train_time_s": test_metrics.get("train_time_s"),
-            "samples_per_s": test_metrics.get("samples_per_s"),
+            "epochs": len(request.history),
+            "train_time_s": figures.get("train_time_s"),
+            "samples_per_s": figures.get("samples_per_s"),  # inside fit, without checkpoints
             "num_workers": cfg.scaling.num_workers,
-            "use_gpu": use_gpu,
-            "global_batch_size": test_metrics.get("global_batch_size"),
+            "use_gpu": request.use_gpu,
+            "global_batch_size": figures.get("global_batch_size"),
+            "phases_s": dict(request.phases),
         },
         "lineage": {
             "data_source": splits.schema.source,
             "data_fingerprint": splits.fingerprint,
             "split_sizes": splits.sizes(),
-            "checkpoint": checkpoint_path,
+            "checkpoint": request.checkpoint_uri,
         },
         "framework": {
             "ray": ray.__version__,

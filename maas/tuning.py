@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,8 +29,9 @@ from maas.config import (
     nested,
     read_yaml,
 )
-from maas.errors import ConfigError, InterruptedRunError
+from maas.errors import ConfigError, InterruptedRunError, ModelError
 from maas.schema import NAME_PATTERN, StrictSchema, validate_config
+from maas.storage import absolute, filesystem_for, is_uri
 
 # ---------------------------------------------------------------------------------------------
 # Schema
@@ -187,7 +189,6 @@ def release_placement_group(last_result: dict[str, Any] | None) -> bool:
     and Ray keeps such a group until the driver exits. Left alone, each stopped trial holds its
     workers' CPUs and the next trials' worker groups wait forever for them."""
     import ray
-    from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
     from maas.training import PLACEMENT_GROUP_KEY
@@ -195,7 +196,7 @@ def release_placement_group(last_result: dict[str, Any] | None) -> bool:
     group_id = (last_result or {}).get(PLACEMENT_GROUP_KEY)
     if not group_id:
         return False
-    group = PlacementGroup(PlacementGroupID.from_hex(group_id))
+    group = PlacementGroup(ray.PlacementGroupID.from_hex(group_id))
     if ray.util.placement_group_table(group).get("state", "REMOVED") == "REMOVED":
         return False  # the trial ended on its own and its controller cleaned up
     remove_placement_group(group)
@@ -257,7 +258,9 @@ def _cell(value: Any) -> Any:
 def best_row(rows: list[dict[str, Any]], search: SearchSection) -> dict[str, Any]:
     usable = [r for r in rows if r["checkpoint_path"] and not math.isnan(r[f"best_{search.metric}"])]
     if not usable:
-        raise RuntimeError("no trial finished an epoch with a checkpoint; nothing to register")
+        raise NoTrialModelError("no trial finished an epoch with a checkpoint, so there is nothing "
+                                "to register: see the trials' errors above, or raise "
+                                "search.time_budget_s")
     key = f"final_{search.metric}"
     return (max if search.mode == "max" else min)(usable, key=lambda r: r[key])
 
@@ -299,10 +302,7 @@ def _plot_trials(rows: list[dict[str, Any]], search: SearchSection, path: Path) 
 
 
 def sweep_dir(cfg: TuneJobConfig) -> str:
-    root = cfg.storage_path
-    if "://" not in root:
-        root = str(Path(root).expanduser().resolve())
-    return f"{root}/{cfg.name}"
+    return f"{absolute(cfg.storage_path)}/{cfg.name}"
 
 
 def trial_resources() -> dict[str, float]:
@@ -311,12 +311,27 @@ def trial_resources() -> dict[str, float]:
     return {"cpu": float(os.environ.get("MAAS_TRIAL_CPU", "0.01"))}
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The sweep
 
 
-def run_sweep(cfg: TuneJobConfig, base: TrainJobConfig, resume: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a finished sweep produced: one row per trial (see ``summarise``), the best row, the
+    version registered from it, and the results table and plot."""
+
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+    version: Any  # maas.registry.ModelVersion
+    csv: Path
+    png: Path
+
+
+class NoTrialModelError(ModelError):
+    """No trial of a sweep left a checkpointed model, so there is nothing to register."""
+
+
+def run_sweep(cfg: TuneJobConfig, base: TrainJobConfig, resume: bool = False) -> SweepOutcome:
     """Search, write the results table and plot, register the best trial's model."""
     import ray
     from ray import tune
@@ -331,7 +346,7 @@ def run_sweep(cfg: TuneJobConfig, base: TrainJobConfig, resume: bool = False) ->
         tune.with_parameters(run_trial, base=config_to_dict(base), sweep_dir=directory),
         trial_resources(),
     )
-    exists = Path(directory).exists() if "://" not in directory else tune.Tuner.can_restore(directory)
+    exists = tune.Tuner.can_restore(directory) if is_uri(directory) else Path(directory).exists()
     if resume:
         if not exists:
             raise ConfigError(f"--resume: no sweep named '{cfg.name}' in {cfg.storage_path}")
@@ -342,7 +357,7 @@ def run_sweep(cfg: TuneJobConfig, base: TrainJobConfig, resume: bool = False) ->
                               "--resume to continue it, or set name to start a new one")
         tuner = _new_tuner(cfg, base, trainable, ray.cluster_resources().get("CPU", 1.0))
     started = time.monotonic()
-    with _watch_ctrl_c() as ctrl_c:
+    with watch_ctrl_c() as ctrl_c:
         grid = tuner.fit()
     if ctrl_c() or _interrupted(grid, cfg.search, time.monotonic() - started):
         # Ctrl-C / SIGTERM: Tune saved its state and returned early. Publishing a winner now would
@@ -354,11 +369,11 @@ def run_sweep(cfg: TuneJobConfig, base: TrainJobConfig, resume: bool = False) ->
     csv_path, png_path = write_results(rows, cfg.search, _local_results_dir(directory, cfg))
     best = best_row(rows, cfg.search)
     version = _register_best(cfg, base, splits, best, rows)
-    return {"rows": rows, "best": best, "version": version, "csv": csv_path, "png": png_path}
+    return SweepOutcome(rows, best, version, csv_path, png_path)
 
 
 @contextlib.contextmanager
-def _watch_ctrl_c() -> Iterator[Callable[[], bool]]:
+def watch_ctrl_c() -> Iterator[Callable[[], bool]]:
     """Tell whether Tune stopped on Ctrl-C. Tune swaps in its own SIGINT handler for the run and
     puts the previous one back only when the signal arrives; a run that ends normally leaves its
     handler installed. So "the previous handler is back" means "interrupted"."""
@@ -416,22 +431,21 @@ def _new_tuner(cfg: TuneJobConfig, base: TrainJobConfig, trainable: Any, cluster
             scheduler=scheduler, search_alg=search_alg, time_budget_s=search.time_budget_s,
             max_concurrent_trials=limit if search.algorithm == "optuna" else None,
         ),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=str(Path(sweep_dir(cfg)).parent)
-                                  if "://" not in cfg.storage_path else cfg.storage_path,
+        run_config=tune.RunConfig(name=cfg.name, storage_path=absolute(cfg.storage_path),
                                   callbacks=[_placement_group_releaser()]),
     )
 
 
 def _local_results_dir(directory: str, cfg: TuneJobConfig) -> Path:
-    return Path(directory) if "://" not in directory else Path.cwd() / f"{cfg.name}-results"
+    # matplotlib and pandas write local files: a sweep kept in object storage gets them here
+    return Path.cwd() / f"{cfg.name}-results" if is_uri(directory) else Path(directory)
 
 
 def _register_best(cfg: TuneJobConfig, base: TrainJobConfig, splits: Any, best: dict[str, Any],
                    rows: list[dict[str, Any]]) -> Any:
     import pyarrow.fs as pafs
 
-    from maas.storage import filesystem_for
-    from maas.training import evaluate_checkpoint, publish_model
+    from maas.training import PublishRequest, evaluate_checkpoint, publish_model
 
     sampled = best["_params"]
     trial_cfg = TrainJobConfig.model_validate(trial_config(config_to_dict(base), sampled))
@@ -439,12 +453,13 @@ def _register_best(cfg: TuneJobConfig, base: TrainJobConfig, splits: Any, best: 
         source = best["checkpoint_path"]
         fs, path = filesystem_for(source)
         pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        metrics, confusion = evaluate_checkpoint(Path(local), splits)
-        history = best["_epochs"]
-        extra = {"sweep": {"name": cfg.name, "trial": best["trial"], "hyperparameters": sampled,
-                           "metric": cfg.search.metric, "mode": cfg.search.mode,
-                           "trials": len(rows)}}
-        return publish_model(trial_cfg, splits, best["trial"], Path(local),
-                             {**metrics, f"best_{cfg.search.metric}": best[f"best_{cfg.search.metric}"]},
-                             history, confusion, source, use_gpu=False, extra=extra)
+        test = evaluate_checkpoint(Path(local), splits)
+        metric = f"best_{cfg.search.metric}"
+        return publish_model(PublishRequest(
+            cfg=trial_cfg, splits=splits, run_name=best["trial"], checkpoint_dir=Path(local),
+            checkpoint_uri=source, metrics={**test.metrics, metric: best[metric]},
+            history=best["_epochs"], confusion=test.confusion,
+            extra={"sweep": {"name": cfg.name, "trial": best["trial"], "hyperparameters": sampled,
+                             "metric": cfg.search.metric, "mode": cfg.search.mode,
+                             "trials": len(rows)}}))
 

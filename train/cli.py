@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from maas.config import TrainJobConfig, load_config
-from maas.errors import ConfigError
+from maas.errors import MaasError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -33,17 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = [*args.overrides, *(["run.resume=true"] if args.resume else [])]
         cfg: TrainJobConfig = load_config(args.config, overrides)
         return _run(cfg, args)
-    except (ConfigError, ValueError, LookupError) as exc:  # user errors: message, no traceback
+    except MaasError as exc:  # what a user can fix: a message; a bug keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 def _run(cfg: TrainJobConfig, args: argparse.Namespace) -> int:
-    from maas.data import load_dataset
-    from maas.training import check_job, run_training
+    from maas.training import load_checked_data, run_training
 
-    splits = load_dataset(cfg.data)
-    check_job(cfg, splits)
+    splits = load_checked_data(cfg)
     print(f"[train] data {splits.schema.source}: {splits.sizes()} rows, input "
           f"{list(splits.schema.input_shape)}, {splits.schema.num_classes} classes; "
           f"{cfg.scaling.num_workers} workers x batch {cfg.training.batch_size}", flush=True)

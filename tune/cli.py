@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from maas.errors import ConfigError
-from maas.tuning import SweepInterrupted, load_tune_config
+from maas.errors import MaasError
+from maas.tuning import SweepOutcome, TuneJobConfig, load_tune_config
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -36,19 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         init_ray(args.address)
         outcome = run_sweep(cfg, base, resume=args.resume)
-    except (ConfigError, ValueError, LookupError) as exc:
+    except MaasError as exc:  # what a user can fix (Ctrl-C: exit 130); a bug keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SweepInterrupted as exc:
-        print(f"[tune] {exc}", file=sys.stderr)
-        return 130
+        return exc.exit_code
     _print_summary(outcome, cfg)
     return 0
 
 
-def _print_summary(outcome: dict, cfg) -> None:
+def _print_summary(outcome: SweepOutcome, cfg: TuneJobConfig) -> None:
     metric = cfg.search.metric
-    rows = sorted(outcome["rows"], key=lambda r: r[f"final_{metric}"], reverse=cfg.search.mode == "max")
+    rows = sorted(outcome.rows, key=lambda r: r[f"final_{metric}"], reverse=cfg.search.mode == "max")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped", "error")}
     print(f"\n[tune] {len(rows)} trials: {counts['completed']} completed, {counts['stopped']} stopped "
           f"early, {counts['error']} failed; {sum(r['epochs_run'] for r in rows)} epochs in all")
@@ -56,7 +53,7 @@ def _print_summary(outcome: dict, cfg) -> None:
         params = " ".join(f"{k.removeprefix('param.')}={v}" for k, v in row.items() if k.startswith("param."))
         print(f"  {row['trial'][-12:]:<12} {metric}={row[f'final_{metric}']:.4f} "
               f"epochs={row['epochs_run']} {row['status']:<9} {params}")
-    version = outcome["version"]
-    print(f"[tune] best: {outcome['best']['trial']} -> registered {version.name} version "
+    version = outcome.version
+    print(f"[tune] best: {outcome.best['trial']} -> registered {version.name} version "
           f"{version.version} (test_accuracy={version.metadata['metrics']['test_accuracy']:.4f})")
-    print(f"[tune] results: {outcome['csv']}  plot: {outcome['png']}")
+    print(f"[tune] results: {outcome.csv}  plot: {outcome.png}")

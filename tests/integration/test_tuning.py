@@ -93,7 +93,7 @@ def test_asha_sweep_frees_the_worker_groups_of_stopped_trials(ray_cluster, works
     ])
     outcome = run_sweep(cfg, base)
 
-    assert len(outcome["rows"]) == 4 and outcome["version"].version == 1
+    assert len(outcome.rows) == 4 and outcome.version.version == 1
     deadline = time.time() + 30  # Tune removes the trials' own groups as their actors end
     while live_groups() - before and time.time() < deadline:
         time.sleep(0.5)

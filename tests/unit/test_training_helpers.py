@@ -5,9 +5,10 @@ import pytest
 
 from maas.config import TrainJobConfig
 from maas.data import load_dataset
-from maas.errors import ModelError
+from maas.errors import ConfigError, ModelError
 from maas.schema import validate_config
 from maas.training import (
+    NoModelError,
     TrainingInputError,
     check_capacity,
     check_job,
@@ -15,7 +16,10 @@ from maas.training import (
     confusion_matrix,
     progress_line,
     resolve_use_gpu,
+    should_checkpoint,
     steps_per_epoch,
+    training_throughput,
+    worker_phases,
 )
 
 
@@ -50,7 +54,7 @@ def test_progress_line_is_readable() -> None:
 
 def test_capacity_check_names_what_is_missing() -> None:
     job = _job(scaling={"num_workers": 3, "cpus_per_worker": 2})
-    with pytest.raises(TrainingInputError, match=r"need 6 CPU \(2 each\) but the cluster has 4"):
+    with pytest.raises(ModelError, match=r"need 6 CPU \(2 each\) but the cluster has 4"):
         check_capacity(job, {"CPU": 4.0}, use_gpu=False)
     check_capacity(job, {"CPU": 6.0}, use_gpu=False)
     autoscaled = _job(scaling={"num_workers": 3, "cpus_per_worker": 2, "autoscaling": True})
@@ -59,7 +63,7 @@ def test_capacity_check_names_what_is_missing() -> None:
 
 def test_gpu_workers_ask_for_one_gpu_each() -> None:
     job = _job(scaling={"num_workers": 2})
-    with pytest.raises(TrainingInputError, match="need 2 GPU"):
+    with pytest.raises(ModelError, match="need 2 GPU"):
         check_capacity(job, {"CPU": 8.0, "GPU": 1.0}, use_gpu=True)
     custom = _job(scaling={"num_workers": 2, "resources_per_worker": {"CPU": 4, "GPU": 0.5}})
     check_capacity(custom, {"CPU": 8.0, "GPU": 1.0}, use_gpu=True)
@@ -69,7 +73,7 @@ def test_use_gpu_auto_follows_the_cluster() -> None:
     assert resolve_use_gpu("auto", {"CPU": 2.0}) is False
     assert resolve_use_gpu("auto", {"CPU": 2.0, "GPU": 4.0}) is True
     assert resolve_use_gpu(False, {"GPU": 4.0}) is False
-    with pytest.raises(TrainingInputError, match="no GPUs"):
+    with pytest.raises(ModelError, match="no GPUs"):
         resolve_use_gpu(True, {"CPU": 2.0})
 
 
@@ -90,3 +94,53 @@ def test_reusing_a_run_name_needs_resume(tmp_path: Path) -> None:
         choose_run_name(missing)
     fresh = _job(run={"storage_path": str(tmp_path)})
     assert choose_run_name(fresh).startswith("digits_mlp-")
+
+
+def test_checkpoints_every_n_epochs_and_always_the_last() -> None:
+    assert [e for e in range(1, 31) if should_checkpoint(e, 10, 30)] == [10, 20, 30]
+    assert [e for e in range(1, 8) if should_checkpoint(e, 3, 7)] == [3, 6, 7]
+    assert [e for e in range(1, 4) if should_checkpoint(e, 1, 3)] == [1, 2, 3]
+    assert [e for e in range(1, 3) if should_checkpoint(e, 5, 2)] == [2]
+
+
+def test_checkpoint_every_epochs_defaults_to_every_epoch() -> None:
+    assert _job().run.checkpoint_every_epochs == 1
+    with pytest.raises(ConfigError, match="checkpoint_every_epochs"):
+        _job(run={"checkpoint_every_epochs": 0})
+
+
+def test_throughput_counts_training_time_only() -> None:
+    assert training_throughput(3000, 1.5) == 2000
+    assert training_throughput(3000, 0.0) == 0.0  # a resumed run that had nothing left to train
+
+
+def test_phases_add_up_and_fit_excludes_checkpoints() -> None:
+    timings = {"ready_at": 112.0, "finished_at": 150.0, "fit_s": 30.0, "checkpoint_s": 4.0,
+               "test_eval_s": 0.5}
+    phases = worker_phases(timings, fit_called_at=100.0, fit_returned_at=153.0)
+    assert phases == {"worker_start": 12.0, "fit": 26.0, "checkpoints": 4.0, "test_eval": 0.5,
+                      "worker_stop": 3.0}
+    skewed = worker_phases({**timings, "ready_at": 99.0}, fit_called_at=100.0, fit_returned_at=153.0)
+    assert skewed["worker_start"] == 0.0  # another machine's clock a little behind
+
+
+def test_cli_prints_user_errors_and_lets_bugs_keep_their_traceback(monkeypatch, capsys) -> None:
+    import train.cli
+    import tune.cli
+
+    def no_model(*_: object) -> None:
+        raise NoModelError("training run 'x' finished without a checkpoint")
+
+    monkeypatch.setattr(train.cli, "_run", no_model)
+    assert train.cli.main(["--config", "configs/train/digits_mlp.yaml"]) == NoModelError.exit_code
+    assert capsys.readouterr().err.startswith("error: training run 'x' finished without")
+
+    def bug(*_: object) -> None:
+        raise ValueError("a bug, not a user error")
+
+    monkeypatch.setattr(train.cli, "_run", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        train.cli.main(["--config", "configs/train/digits_mlp.yaml"])
+    monkeypatch.setattr(tune.cli, "load_tune_config", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        tune.cli.main(["--config", "configs/tune/smoke.yaml"])

@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maas.errors import ConfigError
+from maas.errors import ConfigError, MaasError
 from maas.tuning import (
     Choice,
+    NoTrialModelError,
     SearchSection,
     best_row,
     concurrent_trials,
@@ -93,14 +94,21 @@ def test_best_row_and_results_files(tmp_path: Path) -> None:
     assert png_path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_no_usable_trial_is_a_user_facing_error() -> None:
+    search = SearchSection(space={"model.dropout": Choice(type="choice", values=[0.1])})
+    with pytest.raises(NoTrialModelError, match="nothing to register") as caught:
+        best_row([_row("a", 0.9, ckpt=None)], search)
+    assert isinstance(caught.value, MaasError) and caught.value.exit_code == 2
+
+
 def test_ctrl_c_is_told_apart_from_a_normal_end() -> None:
     import signal
 
-    from maas.tuning import _watch_ctrl_c
+    from maas.tuning import watch_ctrl_c
 
-    with _watch_ctrl_c() as interrupted:
+    with watch_ctrl_c() as interrupted:
         signal.signal(signal.SIGINT, lambda *_: None)  # Tune installs its handler and keeps it
     assert interrupted() is False
-    with _watch_ctrl_c() as interrupted:
+    with watch_ctrl_c() as interrupted:
         pass  # Tune's handler saw Ctrl-C and put the previous one back
     assert interrupted() is True
