@@ -40,7 +40,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     status = groups.add_parser("status", help="cluster resources, jobs and served models, on one screen")
     status.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or auto)")
     _add_serve_commands(groups)
+    _add_key_commands(groups)
     return parser.parse_args(argv)
+
+
+def _add_key_commands(groups: argparse._SubParsersAction) -> None:
+    keys = groups.add_parser("keys", help="scoped API keys for predict (stored hashed beside the registry)")
+    keys.add_argument("--file", default=None,
+                      help="the key store (default: <registry>/.maas/api_keys.json, as serving reads it)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new key, printed once")
+    create.add_argument("--models", required=True, help="comma-separated model names, or '*'")
+    create.add_argument("--role", default="predict", choices=["predict", "admin"])
+    create.add_argument("--rate", type=float, default=None, help="requests per second per replica")
+    create.add_argument("--label", default="", help="who or what the key is for")
+    actions.add_parser("list", help="ids, scopes and state; never the keys")
+    revoke = actions.add_parser("revoke", help="running replicas refuse it within a second or two")
+    revoke.add_argument("id")
 
 
 def _add_serve_commands(groups: argparse._SubParsersAction) -> None:
@@ -87,6 +103,8 @@ def run(args: argparse.Namespace) -> str:
         return render(collect(args.address))
     if args.group == "serve":
         return serve_command(args)
+    if args.group == "keys":
+        return key_command(args)
     if args.action == "keygen" and args.master:
         from maas.artifacts.encryption import generate_master_key
 
@@ -121,6 +139,27 @@ def list_models(registry: Registry) -> str:
         lines.append(f"{name:<24} {versions:<12} {latest.version:>6} {shown:>8}  "
                      f"{latest.metadata.get('created_at', '')}")
     return "\n".join(lines)
+
+
+def key_command(args: argparse.Namespace) -> str:
+    from maas.serving.keys import KeyFile, keys_path
+
+    store = KeyFile(args.file or keys_path(args.registry or default_registry_root()))
+    if args.action == "create":
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        record, key = store.create(models, args.role, args.rate, args.label)
+        return (f"created key {record.id} (role {record.role}, models {', '.join(record.models)}"
+                f"{f', {record.rate_per_s:g} requests/s' if record.rate_per_s else ''}) in {store.path}\n"
+                f"{key}\nshown once: it is stored only as a hash")
+    if args.action == "revoke":
+        return f"revoked key {store.revoke(args.id).id}; replicas refuse it from their next check"
+    rows = [f"{'ID':<10} {'ROLE':<8} {'RATE/S':>7}  {'STATE':<8} {'CREATED':<26} MODELS  LABEL"]
+    rows += [f"{k.id:<10} {k.role:<8} {k.rate_per_s or '-'!s:>7}  "
+             f"{'revoked' if k.revoked_at else 'active':<8} {k.created_at:<26} "
+             f"{','.join(k.models)}  {k.label}" for k in store.read()]
+    if len(rows) == 1:
+        return f"no keys in {store.path} (predict is open unless api_keys are set)"
+    return "\n".join(rows)
 
 
 def verify_version(registry: Registry, name: str, version: str, key: str | None) -> str:

@@ -81,6 +81,12 @@ class OverloadError(MaasError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimitError(OverloadError):
+    """A caller is over its key's request rate: come back after ``retry_after_s``."""
+
+    kind, http_status, exit_code = "rate_limit", 429, 1
+
+
 class UnavailableError(OverloadError):
     """A model cannot serve right now (no version of it loads); other models are unaffected."""
 
@@ -110,7 +116,7 @@ class InterruptedRunError(MaasError):
 
 _KINDS: dict[str, type[MaasError]] = {cls.kind: cls for cls in (
     MaasError, ConfigError, DataError, ModelError, RegistryError, IntegrityError, RequestError,
-    OverloadError, UnavailableError, ClusterError, InterruptedRunError)}
+    OverloadError, RateLimitError, UnavailableError, ClusterError, InterruptedRunError)}
 
 
 class ErrorReply(TypedDict):

@@ -15,7 +15,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from maas.errors import MaasError, OverloadError, RequestError, raise_if_error
-from maas.serving.auth import check_api_key
+from maas.serving.auth import KeyChecker
 from maas.serving.host import ModelHost
 from maas.serving.metrics import CountBuffer
 from maas.serving.protocol import ApiProtocol
@@ -65,7 +65,7 @@ class Dataplane:
                       for name in hosted}
         self.models: dict[str, ModelHost | DeploymentModel] = {
             **{name: DeploymentModel(name, handle) for name, handle in handles.items()}, **self.hosts}
-        self.api_keys = self.config.resolved_api_keys()
+        self.keys = KeyChecker(self.config.resolved_keys_file(), self.config.resolved_api_keys())
         self.requests = metrics.Counter(
             "maas_requests_total", "HTTP requests by model, version, status and protocol",
             tag_keys=("model", "version", "status", "protocol"))
@@ -115,7 +115,7 @@ class Dataplane:
 
     async def _infer(self, request: Request, name: str, protocol: ApiProtocol, version: str | None,
                      label: str | None) -> tuple[dict[str, Any], Any]:
-        check_api_key(request.headers, self.api_keys)
+        self.keys.authorize(request.headers, name)
         model = self._model(name)
         payload = await self._read_json(request)
         if protocol == "v1":

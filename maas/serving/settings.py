@@ -93,8 +93,12 @@ class ServeAppConfig(StrictSchema):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger request bodies: 413.")
     api_keys: list[str] = Field(
         default_factory=list,
-        description="API keys accepted on predict routes (with those in api_keys_env). With none "
-                    "configured, predict is open; health and metadata stay open either way.")
+        description="Plain API keys accepted on predict routes for every model (the older form; "
+                    "prefer scoped keys: `python -m maas keys create`). With no key of either kind, "
+                    "predict is open; health and metadata stay open either way.")
+    api_keys_file: str | None = Field(
+        None, description="The scoped-key store (hashed keys with models, role and rate); default "
+                          "<registry_root>/.maas/api_keys.json, where `python -m maas keys` writes.")
     api_keys_env: str = Field("MAAS_API_KEYS",
                               description="Environment variable with more API keys, comma-separated.")
     verify_key: str | None = Field(
@@ -115,6 +119,11 @@ class ServeAppConfig(StrictSchema):
 
     def resolved_root(self) -> str:
         return self.registry_root or default_registry_root()
+
+    def resolved_keys_file(self) -> str:
+        from maas.serving.keys import keys_path
+
+        return self.api_keys_file or keys_path(self.resolved_root())
 
     def resolved_api_keys(self) -> list[str]:
         from_env = [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]

@@ -168,6 +168,44 @@ def test_api_keys_guard_predict_but_not_health(endpoint, tiny_job) -> None:
         serve.delete("secure")
 
 
+def test_scoped_keys_over_http_scope_rate_and_live_revocation(endpoint, tiny_job, tmp_path) -> None:
+    import time
+
+    from ray import serve
+
+    from maas.serving.keys import KeyFile
+    from serve.app import build_app
+
+    store = KeyFile(str(tmp_path / "api_keys.json"))
+    scoped, key = store.create(["digits_mlp"], rate_per_s=2)
+    _, foreign = store.create(["other_model"])
+    app = build_app({"registry_root": tiny_job.registry.root, "api_keys_file": store.path,
+                     "models": [{"name": "digits_mlp", "hosting": "ingress"}]})
+    serve.run(app, name="scoped", route_prefix="/scoped")
+    url = f"{endpoint}/scoped/v1/models/digits_mlp:predict"
+    body = {"instances": [np.zeros((8, 8)).tolist()]}
+
+    def post(key_: str) -> requests.Response:
+        return requests.post(url, json=body, timeout=30, headers={"Authorization": f"Bearer {key_}"})
+
+    try:
+        assert requests.post(url, json=body, timeout=30).status_code == 401
+        outside = post(foreign)
+        assert outside.status_code == 403 and "may not call model 'digits_mlp'" in outside.json()["error"]
+        answers = [post(key) for _ in range(6)]  # 2/s with a burst of 2: some must wait
+        assert answers[0].status_code == 200
+        limited = [a for a in answers if a.status_code == 429]
+        assert limited and int(limited[0].headers["Retry-After"]) >= 1
+        store.revoke(scoped.id)
+        deadline = time.time() + 10
+        while time.time() < deadline and post(key).status_code in (200, 429):
+            time.sleep(0.5)
+        revoked = post(key)
+        assert revoked.status_code == 403 and "was revoked" in revoked.json()["error"]
+    finally:
+        serve.delete("scoped")
+
+
 def test_tampered_version_is_refused_and_the_old_one_keeps_serving(endpoint, tiny_job) -> None:
     """Publish version 2 with a corrupted model file, then hand the running replica the new
     user_config, exactly what Serve does on a `serve deploy` that changes only user_config."""
