@@ -41,6 +41,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     status.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or auto)")
     _add_serve_commands(groups)
     _add_key_commands(groups)
+    audit = groups.add_parser("audit", help="the audit trail beside the registry").add_subparsers(
+        dest="action", required=True)
+    audit.add_parser("verify", help="check every file's hash chain (edited or deleted lines)")
+    show_audit = audit.add_parser("show", help="entries, oldest first")
+    show_audit.add_argument("--model", default=None)
+    show_audit.add_argument("--since", default=None, help="ISO time, e.g. 2026-11-24 or 2026-11-24T10:00")
+    show_audit.add_argument("--action", default=None, help="e.g. model.published, key., prediction")
+    show_audit.add_argument("--limit", type=int, default=50, help="the newest this many (0: all)")
     return parser.parse_args(argv)
 
 
@@ -105,6 +113,8 @@ def run(args: argparse.Namespace) -> str:
         return serve_command(args)
     if args.group == "keys":
         return key_command(args)
+    if args.group == "audit":
+        return audit_command(args)
     if args.action == "keygen" and args.master:
         from maas.artifacts.encryption import generate_master_key
 
@@ -139,6 +149,25 @@ def list_models(registry: Registry) -> str:
         lines.append(f"{name:<24} {versions:<12} {latest.version:>6} {shown:>8}  "
                      f"{latest.metadata.get('created_at', '')}")
     return "\n".join(lines)
+
+
+def audit_command(args: argparse.Namespace) -> str:
+    from maas import audit
+    from maas.errors import IntegrityError
+
+    root = args.registry or default_registry_root()
+    if args.action == "verify":
+        checked, problems = audit.verify(root)
+        if problems:
+            raise IntegrityError(f"the audit trail at {audit.audit_root(root)} was tampered with:\n  "
+                                 + "\n  ".join(problems))
+        return f"audit trail intact: {checked} entries in {audit.audit_root(root)}"
+    found = audit.entries(root, args.model, args.since, args.action)
+    shown = found[-args.limit:] if args.limit else found
+    hidden = {"prev", "hash", "writer", "time", "action"}
+    lines = [f"{e.get('time', '')}  {e.get('action', ''):<22} "
+             + " ".join(f"{k}={v}" for k, v in e.items() if k not in hidden) for e in shown]
+    return "\n".join(lines) or "no entries"
 
 
 def key_command(args: argparse.Namespace) -> str:

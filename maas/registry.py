@@ -236,9 +236,17 @@ class Registry:
         full_metadata.pop("encryption", None)  # a caller's copy of another version's envelope
         if encryption is not None:
             full_metadata["encryption"] = encryption
-        if self.local:
-            return self._publish_local(name, files, full_metadata)
-        return self._publish_remote(name, files, full_metadata)
+        published = (self._publish_local(name, files, full_metadata) if self.local
+                     else self._publish_remote(name, files, full_metadata))
+        self._audit("model.published", model=name, version=published.version,
+                    content_hash=published.content_hash, encrypted="encryption" in published.metadata,
+                    signed_by=(published.metadata.get("signature") or {}).get("key_id"))
+        return published
+
+    def _audit(self, action: str, **fields: Any) -> None:
+        from maas.audit import audit_root, record
+
+        record(audit_root(self.root_uri if is_uri(self.root_uri) else self.root), action, **fields)
 
     def _encrypted(self, files: dict[str, bytes]) -> tuple[dict[str, bytes], dict[str, Any] | None]:
         from maas.artifacts.encryption import MasterKey, encrypt_files
@@ -315,6 +323,7 @@ class Registry:
                 kept = sorted(set(kept) | set(labels))
             if kept != metadata.get("labels", []):
                 self._write_metadata(name, number, {**metadata, "labels": kept})
+                self._audit("label.moved", model=name, version=number, labels=kept)
         return self.get(name, version)
 
     def _write_metadata(self, name: str, version: int, metadata: dict[str, Any]) -> None:

@@ -204,6 +204,10 @@ def apply(address: str | None, app_name: str, model: str, action: str, to: int |
         changes = edit(settings) if edit is not None else {}
     updated = with_settings(config, app_name, model, changes)
     _dashboard_call(url, lambda: client.deploy_applications(updated))
+    from maas.audit import audit_root, record
+
+    record(audit_root(registry_root(config, app_name, registry)), "serve.settings_changed",
+           app=app_name, model=model, command=action, changes=changes)
     return model_settings(updated, app_name, model).model_dump(mode="json", exclude_none=True)
 
 

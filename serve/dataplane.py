@@ -4,7 +4,10 @@ reading a request body, the predict pipeline, and request metrics."""
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class.
 import asyncio
+import logging
+import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +26,8 @@ from maas.serving.settings import ServeAppConfig
 from maas.serving.tfserving import extract_rows
 from serve.deployments import model_call_metrics
 from serve.http import json_response
+
+logger = logging.getLogger("ray.serve")
 
 # respond(result, context) -> the protocol's response body; context: the v1 format or the v2 id
 Respond = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -75,6 +80,7 @@ class Dataplane:
             tag_keys=("model", "version"))
         self.pending_counts = CountBuffer()
         self._flusher: asyncio.Task | None = None
+        self.audit_entries: list[dict[str, Any]] = []  # written once a second by the flusher
 
     def _model(self, name: str) -> ModelHost | DeploymentModel:
         if name not in self.models:
@@ -108,14 +114,33 @@ class Dataplane:
             if isinstance(exc, OverloadError) and exc.retry_after_s is None:
                 exc.retry_after_s = self.config.retry_after_s  # a host's own full queue
             self._record(name, "", exc.status, protocol, started)
+            self._audit(request, name, "", exc.status, protocol, started, 0, context=None)
             raise
         response = json_response(respond(result, context))
         self._record(name, str(result["version"]), response.status_code, protocol, started)
+        self._audit(request, name, str(result["version"]), response.status_code, protocol, started,
+                    len(result["outputs"]), context)
         return response
+
+    def _audit(self, request: Request, name: str, version: str, status: int, protocol: ApiProtocol,
+               started: float, rows: int, context: Any) -> None:
+        """Sample a prediction into the audit trail: every error, ``audit_sample_rate`` of the
+        rest. Key id, never the key; no payload."""
+        rate = self.config.audit_error_rate if status >= 400 else self.config.audit_sample_rate
+        if rate <= 0 or (rate < 1 and random.random() >= rate):
+            return
+        request_id = request.headers.get("x-request-id") or (
+            context if protocol == "v2" and isinstance(context, str) else uuid.uuid4().hex)
+        self.audit_entries.append({
+            "action": "prediction", "request_id": request_id,
+            "key_id": getattr(request.state, "key_id", None), "model": name, "version": version,
+            "protocol": protocol, "status": status, "rows": rows,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2)})
+        self._start_flusher()
 
     async def _infer(self, request: Request, name: str, protocol: ApiProtocol, version: str | None,
                      label: str | None) -> tuple[dict[str, Any], Any]:
-        self.keys.authorize(request.headers, name)
+        request.state.key_id = self.keys.authorize(request.headers, name)
         model = self._model(name)
         payload = await self._read_json(request)
         if protocol == "v1":
@@ -129,13 +154,27 @@ class Dataplane:
         tags = {"model": model, "version": version or "_none"}
         self.pending_counts.add({**tags, "status": str(status), "protocol": protocol})
         self.latency.observe((time.perf_counter() - started) * 1000, tags=tags)
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_counts_forever())
+        self._start_flusher()
 
-    async def _flush_counts_forever(self) -> None:
+    def _start_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             self._flush_counts()
+            entries, self.audit_entries = self.audit_entries, []
+            if entries:  # file I/O off the event loop
+                await asyncio.to_thread(self._write_audit, entries)
+
+    def _write_audit(self, entries: list[dict[str, Any]]) -> None:
+        from maas.audit import audit_log, audit_root
+
+        try:
+            audit_log(audit_root(self.config.resolved_root())).extend(entries)
+        except OSError as exc:
+            logger.warning("%d audit entries not written: %s", len(entries), exc)
 
     def _flush_counts(self) -> None:
         for tags, count in self.pending_counts.drain():

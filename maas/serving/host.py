@@ -108,6 +108,8 @@ class ModelHost:
                           for v in plan.versions}
             except Exception as exc:
                 self._failed_plan = plan
+                await asyncio.to_thread(self._audit, "version.refused", reason=str(exc),
+                                        versions=list(plan.versions) if plan else None)
                 if self.models:
                     served = ", ".join(map(str, self.models))
                     self.load_error = f"{exc} (still serving version {served})"
@@ -117,6 +119,8 @@ class ModelHost:
                 return
             self._serve(models, plan, None)
             await self._note_served(plan.default)
+            await asyncio.to_thread(self._audit, "version.loaded", versions=list(plan.versions),
+                                    default=plan.default, signature_checked=self.verifier is not None)
 
     def _serve(self, models: dict[int, LoadedModel], plan: ServingPlan, error: str | None) -> None:
         self.models, self.plan, self.load_error, self.unavailable = models, plan, error, None
@@ -163,6 +167,11 @@ class ModelHost:
             await asyncio.to_thread(self._record_served, version)
         except Exception as exc:
             logger.warning("%s: could not record version %s as served: %s", self.model_name, version, exc)
+
+    def _audit(self, action: str, **fields: Any) -> None:
+        from maas.audit import audit_root, record
+
+        record(audit_root(self.registry_root), action, model=self.model_name, **fields)
 
     def _served_history(self) -> list[int]:
         from maas.registry import Registry

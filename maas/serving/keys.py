@@ -99,7 +99,13 @@ class KeyFile:
         record = ApiKey(key_id, digest(secret), tuple(models), role, rate_per_s, label,
                         datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self._write([*self.read(), record])
+        self._audit("key.created", key_id=key_id, role=role, models=list(models), rate_per_s=rate_per_s)
         return record, f"{PREFIX}{key_id}.{secret}"
+
+    def _audit(self, action: str, **fields: Any) -> None:
+        from maas.audit import record
+
+        record(f"{self.path.rsplit('/', 1)[0]}/audit", action, **fields)  # <registry>/.maas/audit
 
     def revoke(self, key_id: str) -> ApiKey:
         keys = self.read()
@@ -109,4 +115,5 @@ class KeyFile:
         revoked = ApiKey(**{**found.row(), "models": found.models,
                             "revoked_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         self._write([revoked if k.id == key_id else k for k in keys])
+        self._audit("key.revoked", key_id=key_id)
         return revoked

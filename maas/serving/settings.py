@@ -106,6 +106,13 @@ class ServeAppConfig(StrictSchema):
         description="Ed25519 public key (a PEM file on every node, or the PEM text) that every "
                     "served version must be signed with; default $MAAS_VERIFY_KEY; unset: versions "
                     "are not signature-checked (the content hash still is).")
+    audit_sample_rate: float = Field(
+        0.01, ge=0, le=1,
+        description="Share of successful predictions written to the audit trail "
+                    "(<registry>/.maas/audit): time, request id, key id, model, version, status, "
+                    "rows, latency; never a key or a payload.")
+    audit_error_rate: float = Field(1.0, ge=0, le=1,
+                                    description="Share of failed predictions written to the audit trail.")
     retry_after_s: float = Field(
         1.0, gt=0, le=3600,
         description="Seconds a client is told to wait (Retry-After) when a model's queue is full (503).")

@@ -47,6 +47,10 @@ class FakeRegistryHost(ModelHost):
         super().__init__("m", "/nowhere", 16, load=self._fake_load, batcher=direct_batcher)
         self.registered, self.broken, self.loads = registered, broken or set(), []
         self.served = served if served is not None else []  # the registry's served history
+        self.audited: list[tuple[str, dict[str, Any]]] = []
+
+    def _audit(self, action: str, **fields: Any) -> None:
+        self.audited.append((action, fields))
 
     def _served_history(self) -> list[int]:
         return list(self.served)
@@ -88,6 +92,9 @@ def test_swaps_in_new_versions_and_keeps_serving_when_one_fails() -> None:
         await host.configure({"versions": {"specific": [1, 2]}})
         assert host.loads == [1, 2, 3, 1] and (await host.status())["load_error"] is None
         assert (await host.infer([[0.0, 0.0]], version="1"))["version"] == 1
+        actions = [(action, fields.get("versions")) for action, fields in host.audited]
+        assert actions == [("version.loaded", [1]), ("version.loaded", [2]), ("version.refused", [3]),
+                           ("version.loaded", [1, 2])]
 
     run(scenario())
 
