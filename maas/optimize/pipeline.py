@@ -1,0 +1,232 @@
+"""The stage: a registered version -> each recipe variant built, checked, measured and published
+as a new version of the same model (``parent_version``, the recipe entry and the trade-off in its
+metadata), and a table of all of them."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maas.data import Splits
+from maas.errors import MaasError, ModelError
+from maas.optimize.evaluate import KerasPredictor, Predictor, measure, top1
+from maas.optimize.recipe import OnnxInt8Variant, OnnxVariant, RecipeConfig, SavedModelVariant, Variant
+from maas.optimize.source import KERAS_FILE, Parent, load_parent, recreate_splits
+from maas.registry import ModelVersion, Registry
+
+ONNX_FILE = "model.onnx"
+
+
+@dataclass
+class Built:
+    """A variant before publishing: its files, how to run it, and what its checks measured."""
+
+    files: dict[str, bytes]
+    artifact: dict[str, Any]  # metadata["artifact"]: format, file, runtime (docs/optimize.md)
+    predictor: Predictor
+    size_bytes: int
+    checks: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    variant: str
+    version: int | None
+    figures: dict[str, float]
+    error: str | None = None
+
+
+@dataclass
+class Outcome:
+    parent: ModelVersion
+    rows: list[Row]
+    refusals: list[MaasError]
+
+
+def run_recipe(registry: Registry, name: str, version: str | None, recipe: RecipeConfig,
+               log: Any = print) -> Outcome:
+    parent = load_parent(registry, name, version)
+    splits = recreate_splits(parent)
+    keras = KerasPredictor(parent.model, parent.schema)
+    parent_figures = measure(keras, splits, None, len(parent.keras_bytes), recipe.evaluation)
+    parent_labels = top1(keras, _test_rows(splits))
+    rows = [Row(f"keras (v{parent.version.version})", parent.version.version, parent_figures)]
+    refusals: list[MaasError] = []
+    for variant in recipe.variants:
+        log(f"[optimize] {variant.display_name}: building from {parent.what}", flush=True)
+        try:
+            published, figures = _build_and_publish(registry, parent, splits, variant, recipe,
+                                                    parent_labels, parent_figures)
+            rows.append(Row(variant.display_name, published.version, figures))
+            log(f"[optimize] {variant.display_name}: registered {name} version {published.version}",
+                flush=True)
+        except MaasError as exc:  # a refused variant does not stop the others
+            refusals.append(exc)
+            rows.append(Row(variant.display_name, None, {}, str(exc)))
+            log(f"[optimize] {variant.display_name}: refused: {exc}", flush=True)
+    return Outcome(parent.version, rows, refusals)
+
+
+def _build_and_publish(registry: Registry, parent: Parent, splits: Splits, variant: Variant,
+                       recipe: RecipeConfig, parent_labels: np.ndarray,
+                       parent_figures: dict[str, float]) -> tuple[ModelVersion, dict[str, float]]:
+    built = build_variant(variant, parent, splits)
+    figures = {**measure(built.predictor, splits, parent_labels, built.size_bytes, recipe.evaluation),
+               **built.checks}
+    minimum = getattr(variant, "min_agreement", None)
+    if minimum is not None and figures["top1_agreement"] < minimum:
+        raise ModelError(f"{parent.what}: variant '{variant.display_name}' agrees with the parent on "
+                         f"{figures['top1_agreement']:.2%} of the test split, below min_agreement "
+                         f"{minimum:.2%}; it is not registered")
+    metadata = variant_metadata(parent, variant, recipe, built, figures, parent_figures)
+    return publish_variant(registry, parent, built.files, metadata, variant.labels), figures
+
+
+def build_variant(variant: Variant, parent: Parent, splits: Splits) -> Built:
+    if isinstance(variant, OnnxVariant):
+        return _onnx(variant, parent, splits)
+    if isinstance(variant, OnnxInt8Variant):
+        return _onnx_int8(variant, parent, splits)
+    if isinstance(variant, SavedModelVariant):
+        return _savedmodel(variant, parent, splits)
+    raise TypeError(f"no builder for {type(variant).__name__}")  # the schema admits no other
+
+
+def _onnx(variant: OnnxVariant, parent: Parent, splits: Splits) -> Built:
+    from maas.optimize.onnx_export import export_onnx
+    from maas.optimize.runtime import load_onnx_session
+
+    export = export_onnx(parent.model, parent.schema, splits.x_val, variant.opset, variant.tolerance,
+                         parent.what)
+    return Built({ONNX_FILE: export.content}, _onnx_artifact(variant.opset, None),
+                 load_onnx_session(export.content, what=parent.what), len(export.content),
+                 {"max_abs_diff": export.max_abs_diff})
+
+
+def _onnx_int8(variant: OnnxInt8Variant, parent: Parent, splits: Splits) -> Built:
+    from maas.optimize.onnx_export import INPUT_NAME, convert, refuse_text_models
+    from maas.optimize.quantize import quantize
+    from maas.optimize.runtime import load_onnx_session
+
+    refuse_text_models(parent.model, parent.schema, parent.what)
+    fp32 = convert(parent.model, parent.schema, variant.opset)
+    calibration = np.asarray(splits.x_train[:variant.calibration_rows], np.float32)
+    content = quantize(fp32, variant.mode, calibration, INPUT_NAME)
+    return Built({ONNX_FILE: content}, _onnx_artifact(variant.opset, f"int8-{variant.mode}"),
+                 load_onnx_session(content, what=parent.what), len(content))
+
+
+def _onnx_artifact(opset: int, quantization: str | None) -> dict[str, Any]:
+    from maas.optimize.onnx_export import INPUT_NAME
+
+    return {"format": "onnx", "file": ONNX_FILE, "runtime": "onnxruntime", "input": INPUT_NAME,
+            "opset": opset, "quantization": quantization}
+
+
+def _savedmodel(variant: SavedModelVariant, parent: Parent, splits: Splits) -> Built:
+    from maas.optimize.onnx_export import check_tolerance, keras_predict, max_abs_diff
+    from maas.optimize.savedmodel import METHOD, SIGNATURE, export_savedmodel, load_savedmodel
+    with tempfile.TemporaryDirectory(prefix="maas-savedmodel-") as work:
+        export_savedmodel(parent.model, work)
+        predictor = load_savedmodel(work)
+        files = _read_files(Path(work))
+    x_val = splits.x_val if parent.schema.is_text else np.asarray(splits.x_val, np.float32)
+    diff = max_abs_diff(keras_predict(parent.model, x_val), predictor.predict(x_val))
+    check_tolerance(diff, variant.tolerance, parent.what)
+    size = sum(len(content) for content in files.values())
+    artifact = {"format": "savedmodel", "file": KERAS_FILE, "runtime": "tensorflow",
+                "saved_model_dir": ".", "signature": SIGNATURE, "method": METHOD,
+                "input": predictor.input_name, "output": predictor.output_name}
+    return Built({**files, KERAS_FILE: parent.keras_bytes}, artifact, predictor, size,
+                 {"max_abs_diff": diff})
+
+
+def variant_metadata(parent: Parent, variant: Variant, recipe: RecipeConfig, built: Built,
+                     figures: dict[str, float], parent_figures: dict[str, float]) -> dict[str, Any]:
+    """What the new version records: everything serving and the next optimise run need."""
+    meta = parent.version.metadata
+    return {
+        "parent_version": parent.version.version,
+        # serving's key for the file to load: the Keras file for a SavedModel variant (served by
+        # TensorFlow as before), model.onnx otherwise (for the ONNX Runtime path)
+        "format": built.artifact["file"],
+        "artifact": built.artifact,
+        "schema": meta["schema"],
+        "config": meta.get("config"),
+        "metrics": figures,
+        "optimization": {
+            "variant": variant.model_dump(mode="json"),
+            "evaluation": recipe.evaluation.model_dump(mode="json"),
+            "parent_metrics": parent_figures,
+            "tradeoff": tradeoff(figures, parent_figures),
+        },
+        "lineage": {**(meta.get("lineage") or {}),
+                    "parent": {"name": parent.version.name, "version": parent.version.version,
+                               "content_hash": parent.version.content_hash}},
+        "framework": _framework(),
+    }
+
+
+def tradeoff(figures: dict[str, float], parent: dict[str, float]) -> dict[str, float]:
+    """Variant against parent: accuracy points lost, size and latency ratios (< 1 is smaller/faster)."""
+    result = {"accuracy_drop_points": 100 * (parent["test_accuracy"] - figures["test_accuracy"]),
+              "size_ratio": figures["size_bytes"] / max(parent["size_bytes"], 1)}
+    for key in parent:
+        if key.startswith("latency_ms_") and key in figures:
+            result[key.replace("latency_ms_", "latency_ratio_")] = figures[key] / max(parent[key], 1e-9)
+    return result
+
+
+def _framework() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tf2onnx
+
+    from maas.tfkeras import keras, tensorflow
+
+    return {"tensorflow": tensorflow().__version__, "keras": keras().__version__,
+            "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def publish_variant(registry: Registry, parent: Parent, files: dict[str, bytes], metadata: dict[str, Any],
+                    labels: list[str]) -> ModelVersion:
+    with tempfile.TemporaryDirectory(prefix="maas-variant-") as staged:
+        for rel, content in files.items():
+            Path(staged, rel).parent.mkdir(parents=True, exist_ok=True)
+            Path(staged, rel).write_bytes(content)
+        published = registry.publish(parent.version.name, staged, metadata)
+    return registry.set_labels(published.name, published.version, labels) if labels else published
+
+
+def _read_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _test_rows(splits: Splits) -> np.ndarray:
+    return splits.x_test if splits.schema.is_text else np.asarray(splits.x_test, np.float32)
+
+
+COLUMNS = ("variant", "version", "test_accuracy", "top1_agreement", "size_bytes", "max_abs_diff")
+
+
+def format_table(outcome: Outcome) -> str:
+    """A plain-text table: one row per variant (and the parent first)."""
+    latency = sorted({k for row in outcome.rows for k in row.figures if k.startswith("latency_ms_")},
+                     key=lambda k: int(k.rsplit("batch", 1)[-1]))
+    header = [*COLUMNS, *(k.replace("latency_ms_batch", "ms@") for k in latency)]
+    lines = [header]
+    for row in outcome.rows:
+        if row.error:
+            lines.append([row.variant, "-", "refused", *[""] * (len(header) - 3)])
+            continue
+        f = row.figures
+        lines.append([row.variant, str(row.version), f"{f['test_accuracy']:.4f}",
+                      f"{f['top1_agreement']:.4f}", f"{f['size_bytes']:,}",
+                      f"{f['max_abs_diff']:.1e}" if "max_abs_diff" in f else "-",
+                      *(f"{f[k]:.3f}" for k in latency)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)

@@ -1,0 +1,1 @@
+"""``python -m optimize``: a registered version -> optimised, exported variants, each registered."""

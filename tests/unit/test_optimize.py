@@ -1,0 +1,179 @@
+"""Optimise and export (maas/optimize): conversion matches Keras, refusals say why, and every
+variant is published with its parent and measured trade-off. No Ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maas.config import DataConfig, ModelConfig, TrainJobConfig, config_to_dict
+from maas.data import DataSchema, load_dataset
+from maas.errors import ConfigError, ModelError
+from maas.models import build_model, compile_model
+from maas.optimize import onnx_export
+from maas.optimize.pipeline import format_table, run_recipe
+from maas.optimize.recipe import RecipeConfig, load_recipe
+from maas.optimize.runtime import load_onnx_session
+from maas.registry import Registry
+from maas.tfkeras import save_model
+from tests.conftest import REPO
+
+IMAGE = DataSchema(input_shape=(8, 8), classes=list(range(10)), source="test-images")
+FAST_EVALUATION = {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1}
+
+
+def _rows(n: int = 40) -> np.ndarray:
+    return (np.random.default_rng(0).random((n, 8, 8)) * 16).astype(np.float32)
+
+
+def _tiny(model_type: str):
+    x = _rows()
+    return build_model(ModelConfig(type=model_type, hidden_units=[16], conv_filters=[4, 8]), IMAGE,
+                       x.mean(axis=0), x.var(axis=0) + 1)
+
+
+def publish_digits(root: str, model_type: str = "mlp", epochs: int = 3, name: str = "digits_mlp") -> int:
+    """A digits model trained for a few epochs in-process and registered as training would."""
+    cfg = TrainJobConfig(data=DataConfig(source="digits"),
+                         model=ModelConfig(type=model_type, hidden_units=[32], conv_filters=[4]))
+    splits = load_dataset(cfg.data)
+    model = build_model(cfg.model, splits.schema, splits.x_train.mean(axis=0), splits.x_train.var(axis=0) + 1)
+    compile_model(model, cfg.optimizer)
+    model.fit(splits.x_train, splits.y_train, epochs=epochs, batch_size=64, verbose=0)
+    with tempfile.TemporaryDirectory() as staged:
+        save_model(model, str(Path(staged, "model.keras")))
+        metadata = {"schema": splits.schema.to_dict(), "config": config_to_dict(cfg), "format": "model.keras",
+                    "lineage": {"data_fingerprint": splits.fingerprint}, "metrics": {}}
+        return Registry(root).publish(name, staged, metadata).version
+
+
+@pytest.mark.parametrize("model_type", ["mlp", "cnn"])
+def test_tiny_models_convert_and_match_keras(model_type: str) -> None:
+    model, x = _tiny(model_type), _rows()
+    export = onnx_export.export_onnx(model, IMAGE, x, opset=17, tolerance=1e-4, what="tiny")
+    assert export.max_abs_diff <= 1e-5
+    session = load_onnx_session(export.content, threads=1)
+    assert session.input_name == "inputs"
+    np.testing.assert_allclose(session.predict(x), np.asarray(model(x)), atol=1e-5)
+
+
+def test_outputs_above_the_tolerance_are_refused(monkeypatch) -> None:
+    model, x = _tiny("mlp"), _rows()
+    real = onnx_export.keras_predict
+    monkeypatch.setattr(onnx_export, "keras_predict", lambda m, rows: real(m, rows) + 2e-4)
+    with pytest.raises(ModelError, match=r"differ from Keras's by up to 0.0002.*tolerance 0.0001"):
+        onnx_export.export_onnx(model, IMAGE, x, opset=17, tolerance=1e-4, what="model 'm' version 1")
+
+
+def test_text_models_are_refused_with_why_and_what_works() -> None:
+    schema = DataSchema(input_shape=(), classes=[0, 1], dtype="string", source="test-text")
+    model = build_model(ModelConfig(type="text", vocab_size=20, sequence_length=4), schema, None, None,
+                        np.array(["a good film", "a bad film"]))
+    with pytest.raises(ModelError) as caught:
+        onnx_export.refuse_text_models(model, schema, "model 'reviews' version 2")
+    message = str(caught.value)
+    assert "TextVectorization" in message and "savedmodel" in message and "version 2" in message
+
+
+def test_recipe_is_strict_and_overridable(tmp_path: Path) -> None:
+    recipe = load_recipe(REPO / "configs/optimize/default.yaml", ["evaluation.repeats=7"])
+    assert [v.kind for v in recipe.variants] == ["onnx", "onnx-int8", "savedmodel"]
+    assert recipe.evaluation.repeats == 7
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: onnx, tolerence: 1}]"])
+    with pytest.raises(ConfigError, match="variants"):
+        load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: tflite}]"])
+    with pytest.raises(ConfigError, match="unique"):
+        load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: onnx}, {kind: onnx}]"])
+
+
+@pytest.fixture(scope="module")
+def digits_registry(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("optimize") / "registry")
+    publish_digits(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def outcome(digits_registry: str):
+    recipe = RecipeConfig.model_validate({
+        "variants": [{"kind": "onnx", "labels": ["onnx"]}, {"kind": "onnx-int8"},
+                     {"kind": "onnx-int8", "name": "int8-static", "mode": "static", "calibration_rows": 64},
+                     {"kind": "savedmodel"}],
+        "evaluation": FAST_EVALUATION})
+    return run_recipe(Registry(digits_registry), "digits_mlp", "1", recipe, log=lambda *a, **k: None)
+
+
+def test_each_variant_is_a_new_version_with_parent_and_tradeoff(digits_registry: str, outcome) -> None:
+    assert not outcome.refusals
+    assert [(row.variant, row.version) for row in outcome.rows] == [
+        ("keras (v1)", 1), ("onnx", 2), ("onnx-int8", 3), ("int8-static", 4), ("savedmodel", 5)]
+    registry = Registry(digits_registry)
+    onnx = registry.get("digits_mlp", "onnx")  # the recipe's label
+    meta = onnx.metadata
+    assert onnx.version == 2 and meta["parent_version"] == 1 and meta["format"] == "model.onnx"
+    assert meta["artifact"] == {"format": "onnx", "file": "model.onnx", "runtime": "onnxruntime",
+                                "input": "inputs", "opset": 17, "quantization": None}
+    assert meta["metrics"]["max_abs_diff"] <= 1e-4 and meta["metrics"]["top1_agreement"] == 1.0
+    assert {"latency_ms_batch1", "latency_ms_batch8", "size_bytes", "test_accuracy"} <= set(meta["metrics"])
+    assert meta["optimization"]["variant"]["kind"] == "onnx"
+    assert meta["lineage"]["parent"]["version"] == 1 and meta["schema"]["input_shape"] == [8, 8]
+    assert set(meta["files"]) == {"model.onnx"}
+
+
+def test_int8_is_smaller_and_agrees(digits_registry: str, outcome) -> None:
+    registry = Registry(digits_registry)
+    for version in (3, 4):
+        meta = registry.get("digits_mlp", version).metadata
+        assert meta["artifact"]["quantization"] in ("int8-dynamic", "int8-static")
+        assert meta["metrics"]["top1_agreement"] >= 0.95
+        assert meta["optimization"]["tradeoff"]["size_ratio"] < 1
+    fp32 = registry.get("digits_mlp", 2).metadata["metrics"]["size_bytes"]
+    # a tiny model: the normalisation constants and graph overhead stay fp32; wide layers get ~4x
+    assert registry.get("digits_mlp", 3).metadata["metrics"]["size_bytes"] < 0.7 * fp32
+
+
+def test_savedmodel_is_in_tf_serving_layout_and_loads_in_a_fresh_process(digits_registry: str,
+                                                                          outcome) -> None:
+    registry = Registry(digits_registry)
+    entry = registry.get("digits_mlp", 5)
+    directory = registry.fetch(entry)
+    assert (directory / "saved_model.pb").is_file() and (directory / "variables").is_dir()
+    assert entry.metadata["format"] == "model.keras"  # served by TensorFlow as before
+    assert entry.metadata["artifact"]["format"] == "savedmodel"
+    rows = load_dataset(DataConfig(source="digits")).x_test[:16]
+    # One fresh process (one TensorFlow start, not two): `saved_model_cli show` as its console
+    # script runs it, then the serving_default signature loaded and called on our rows.
+    code = ("import contextlib, io, json, sys, numpy as np, tensorflow as tf\n"
+            "from tensorflow.python.tools import saved_model_cli\n"
+            "directory, rows = sys.argv[1], np.array(json.loads(sys.argv[2]), np.float32)\n"
+            "sys.argv = ['saved_model_cli', 'show', '--dir', directory, '--tag_set', 'serve',\n"
+            "            '--signature_def', 'serving_default']\n"
+            "shown = io.StringIO()\n"
+            "with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):\n"
+            "    saved_model_cli.main()\n"
+            "sig = tf.saved_model.load(directory).signatures['serving_default']\n"
+            "out = list(sig(inputs=tf.constant(rows)).values())[0].numpy().tolist()\n"
+            "print(json.dumps({'shown': shown.getvalue(), 'out': out}))\n")
+    reply = subprocess.run([sys.executable, "-c", code, str(directory), json.dumps(rows.tolist())],
+                           capture_output=True, text=True, check=True).stdout
+    result = json.loads(reply.splitlines()[-1])
+    shown = result["shown"]
+    assert "inputs['inputs']" in shown and "tensorflow/serving/predict" in shown and "(-1, 8, 8)" in shown
+    from maas.artifacts.keras_loader import load_keras_bytes
+
+    keras_model = load_keras_bytes((directory / "model.keras").read_bytes(), "model.keras", "test")
+    np.testing.assert_allclose(np.array(result["out"]),
+                               np.asarray(keras_model(rows.astype(np.float32))), atol=1e-5)
+
+
+def test_table_lists_parent_and_variants(outcome) -> None:
+    table = format_table(outcome)
+    assert table.splitlines()[0].split()[:4] == ["variant", "version", "test_accuracy", "top1_agreement"]
+    assert "ms@1" in table and "ms@8" in table and "int8-static" in table
