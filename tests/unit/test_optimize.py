@@ -38,14 +38,22 @@ def _tiny(model_type: str):
                        x.mean(axis=0), x.var(axis=0) + 1)
 
 
-def publish_digits(root: str, model_type: str = "mlp", epochs: int = 3, name: str = "digits_mlp") -> int:
-    """A digits model trained for a few epochs in-process and registered as training would."""
-    cfg = TrainJobConfig(data=DataConfig(source="digits"),
-                         model=ModelConfig(type=model_type, hidden_units=[32], conv_filters=[4]))
+def publish_digits(root: str, epochs: int = 3) -> int:
+    cfg = TrainJobConfig(data=DataConfig(source="digits"), model=ModelConfig(hidden_units=[32]))
+    return publish_trained(root, cfg, "digits_mlp", epochs)
+
+
+def publish_trained(root: str, cfg: TrainJobConfig, name: str, epochs: int) -> int:
+    """A model trained for a few epochs in-process and registered with what training records."""
     splits = load_dataset(cfg.data)
-    model = build_model(cfg.model, splits.schema, splits.x_train.mean(axis=0), splits.x_train.var(axis=0) + 1)
+    if splits.schema.is_text:
+        model = build_model(cfg.model, splits.schema, None, None, splits.x_train)
+    else:
+        model = build_model(cfg.model, splits.schema, splits.x_train.mean(axis=0),
+                            splits.x_train.var(axis=0) + 1)
     compile_model(model, cfg.optimizer)
-    model.fit(splits.x_train, splits.y_train, epochs=epochs, batch_size=64, verbose=0)
+    if epochs:
+        model.fit(splits.x_train, splits.y_train, epochs=epochs, batch_size=64, verbose=0)
     with tempfile.TemporaryDirectory() as staged:
         save_model(model, str(Path(staged, "model.keras")))
         metadata = {"schema": splits.schema.to_dict(), "config": config_to_dict(cfg), "format": "model.keras",
