@@ -18,7 +18,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from maas.errors import MaasError, OverloadError, RequestError, raise_if_error
-from maas.serving.auth import KeyChecker
+from maas.serving.auth import KeyChecker, claimed_key_id
 from maas.serving.host import ModelHost
 from maas.serving.metrics import CountBuffer
 from maas.serving.protocol import ApiProtocol
@@ -133,10 +133,17 @@ class Dataplane:
             context if protocol == "v2" and isinstance(context, str) else uuid.uuid4().hex)
         self.audit_entries.append({
             "action": "prediction", "request_id": request_id,
-            "key_id": getattr(request.state, "key_id", None), "model": name, "version": version,
+            "key_id": self._key_id(request), "model": name, "version": version,
             "protocol": protocol, "status": status, "rows": rows,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2)})
         self._start_flusher()
+
+    @staticmethod
+    def _key_id(request: Request) -> str | None:
+        """The authorised key's id; for a refused request, the id its key claimed."""
+        if hasattr(request.state, "key_id"):
+            return request.state.key_id
+        return claimed_key_id(request.headers)
 
     async def _infer(self, request: Request, name: str, protocol: ApiProtocol, version: str | None,
                      label: str | None) -> tuple[dict[str, Any], Any]:

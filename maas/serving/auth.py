@@ -21,6 +21,17 @@ def check_api_key(headers: Mapping[str, str], keys: list[str]) -> None:
     KeyChecker(None, keys).authorize(headers, "*")
 
 
+def claimed_key_id(headers: Mapping[str, str]) -> str | None:
+    """The id a scoped key names (``maas_<id>.<secret>``), whether or not it checks out: the audit
+    trail records which key a refused request claimed to be. Never the secret."""
+    try:
+        given = presented_key(headers)
+    except RequestError:
+        return None
+    key_id = given.removeprefix(PREFIX).partition(".")[0] if given.startswith(PREFIX) else None
+    return key_id[:64] if key_id else None
+
+
 def presented_key(headers: Mapping[str, str]) -> str:
     given = headers.get("x-api-key") or ""
     authorization = headers.get("authorization") or ""

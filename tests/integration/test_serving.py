@@ -180,6 +180,7 @@ def test_scoped_keys_over_http_scope_rate_and_live_revocation(endpoint, tiny_job
     scoped, key = store.create(["digits_mlp"], rate_per_s=2)
     _, foreign = store.create(["other_model"])
     app = build_app({"registry_root": tiny_job.registry.root, "api_keys_file": store.path,
+                     "audit_sample_rate": 1.0,
                      "models": [{"name": "digits_mlp", "hosting": "ingress"}]})
     serve.run(app, name="scoped", route_prefix="/scoped")
     url = f"{endpoint}/scoped/v1/models/digits_mlp:predict"
@@ -202,8 +203,32 @@ def test_scoped_keys_over_http_scope_rate_and_live_revocation(endpoint, tiny_job
             time.sleep(0.5)
         revoked = post(key)
         assert revoked.status_code == 403 and "was revoked" in revoked.json()["error"]
+        _assert_predictions_audited(tiny_job.registry.root, scoped.id, key)
     finally:
         serve.delete("scoped")
+
+
+def _assert_predictions_audited(registry_root: str, key_id: str, key: str) -> None:
+    """The replica writes its sampled predictions once a second: every answer to the scoped key
+    is there by key id, with its status; the key itself is nowhere in the trail."""
+    import time
+    from pathlib import Path
+
+    from maas import audit
+
+    deadline, mine = time.time() + 10, []
+    while time.time() < deadline:
+        mine = [e for e in audit.entries(registry_root, action="prediction") if e["key_id"] == key_id]
+        if {200, 429} <= {e["status"] for e in mine}:
+            break
+        time.sleep(0.5)
+    assert {200, 429} <= {e["status"] for e in mine}, mine
+    ok = next(e for e in mine if e["status"] == 200)
+    assert ok["model"] == "digits_mlp" and ok["version"] == "1" and ok["rows"] == 1
+    assert ok["protocol"] == "v1" and ok["request_id"] and ok["latency_ms"] > 0
+    assert audit.verify(registry_root)[1] == []
+    trail = "".join(p.read_text() for p in Path(audit.audit_root(registry_root)).rglob("*.jsonl"))
+    assert key.rsplit(".", 1)[1] not in trail
 
 
 def test_tampered_version_is_refused_and_the_old_one_keeps_serving(endpoint, tiny_job) -> None:

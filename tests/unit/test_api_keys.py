@@ -116,3 +116,12 @@ def test_keys_cli_creates_lists_and_revokes(tmp_path: Path, capsys) -> None:
     assert maas_main([*base, "revoke", key_id]) == 0
     assert maas_main([*base, "list"]) == 0 and "revoked" in capsys.readouterr().out
     assert maas_main([*base, "revoke", "nope"]) == 2
+
+
+def test_the_claimed_key_id_is_read_without_the_secret() -> None:
+    from maas.serving.auth import claimed_key_id
+
+    assert claimed_key_id({"authorization": "Bearer maas_abc123.s3cret"}) == "abc123"
+    assert claimed_key_id({"x-api-key": "maas_abc123.s3cret"}) == "abc123"
+    assert claimed_key_id({"x-api-key": "plain-key"}) is None
+    assert claimed_key_id({}) is None
