@@ -26,6 +26,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="override a recipe value, e.g. evaluation.repeats=200")
     parser.add_argument("--registry", default=None,
                         help="registry root (default: $MAAS_REGISTRY or ~/.maas/registry)")
+    parser.add_argument("--report", default=None, metavar="PATH.png",
+                        help="also draw the trade-off (accuracy vs latency, size) as a PNG there")
     parser.add_argument("--check", action="store_true", help="validate the recipe and the model, then exit")
     return parser.parse_args(argv)
 
@@ -56,6 +58,10 @@ def _run(args: argparse.Namespace) -> int:
 
     outcome = run_recipe(registry, name, str(entry.version), recipe)
     print("\n" + format_table(outcome), flush=True)
+    if args.report:
+        from maas.optimize.report import write_tradeoff_png
+
+        print(f"[optimize] trade-off picture: {write_tradeoff_png(outcome, args.report)}", flush=True)
     published = {row.variant: row.version for row in outcome.rows[1:] if row.version is not None}
     print("RESULT " + json.dumps({"model": name, "parent_version": entry.version, "published": published,
                                   "refused": len(outcome.refusals)}), flush=True)

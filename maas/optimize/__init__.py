@@ -9,6 +9,7 @@ savedmodel.py  Keras -> SavedModel in the TensorFlow Serving layout
 runtime.py     the ONNX Runtime session serving can call (``load_onnx_session``)
 evaluate.py    accuracy, agreement with the parent, size and latency of any predictor
 pipeline.py    the stage: build each variant, evaluate, publish, and the table printed at the end
+report.py      the trade-off picture (accuracy vs latency, marker area by size)
 
 Nothing here imports TensorFlow or ONNX at import time.
 """

@@ -39,6 +39,20 @@ class KerasPredictor:
         return self._call(batch).numpy()
 
 
+def limit_tensorflow_threads(threads: int) -> bool:
+    """Give TensorFlow the same intra-op threads as the ONNX Runtime sessions, so latencies
+    compare like with like. Only possible before TensorFlow's runtime starts (False after)."""
+    from maas.tfkeras import tensorflow
+
+    tf = tensorflow()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised in this process (tests, notebooks)
+        return False
+    return True
+
+
 def predict_all(predictor: Predictor, x: np.ndarray, batch: int = 1024) -> np.ndarray:
     return np.concatenate([predictor.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
 

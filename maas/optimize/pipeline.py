@@ -13,7 +13,7 @@ import numpy as np
 
 from maas.data import Splits
 from maas.errors import MaasError, ModelError
-from maas.optimize.evaluate import KerasPredictor, Predictor, measure, top1
+from maas.optimize.evaluate import KerasPredictor, Predictor, limit_tensorflow_threads, measure, top1
 from maas.optimize.recipe import OnnxInt8Variant, OnnxVariant, RecipeConfig, SavedModelVariant, Variant
 from maas.optimize.source import KERAS_FILE, Parent, load_parent, recreate_splits
 from maas.registry import ModelVersion, Registry
@@ -49,6 +49,7 @@ class Outcome:
 
 def run_recipe(registry: Registry, name: str, version: str | None, recipe: RecipeConfig,
                log: Any = print) -> Outcome:
+    limit_tensorflow_threads(recipe.evaluation.threads)  # before TensorFlow starts, or never
     parent = load_parent(registry, name, version)
     splits = recreate_splits(parent)
     keras = KerasPredictor(parent.model, parent.schema)
@@ -74,7 +75,7 @@ def run_recipe(registry: Registry, name: str, version: str | None, recipe: Recip
 def _build_and_publish(registry: Registry, parent: Parent, splits: Splits, variant: Variant,
                        recipe: RecipeConfig, parent_labels: np.ndarray,
                        parent_figures: dict[str, float]) -> tuple[ModelVersion, dict[str, float]]:
-    built = build_variant(variant, parent, splits)
+    built = build_variant(variant, parent, splits, recipe.evaluation.threads)
     figures = {**measure(built.predictor, splits, parent_labels, built.size_bytes, recipe.evaluation),
                **built.checks}
     minimum = getattr(variant, "min_agreement", None)
@@ -86,28 +87,29 @@ def _build_and_publish(registry: Registry, parent: Parent, splits: Splits, varia
     return publish_variant(registry, parent, built.files, metadata, variant.labels), figures
 
 
-def build_variant(variant: Variant, parent: Parent, splits: Splits) -> Built:
+def build_variant(variant: Variant, parent: Parent, splits: Splits, threads: int = 1) -> Built:
+    """Build and check one variant; ``threads``: the ONNX Runtime session's intra-op threads."""
     if isinstance(variant, OnnxVariant):
-        return _onnx(variant, parent, splits)
+        return _onnx(variant, parent, splits, threads)
     if isinstance(variant, OnnxInt8Variant):
-        return _onnx_int8(variant, parent, splits)
+        return _onnx_int8(variant, parent, splits, threads)
     if isinstance(variant, SavedModelVariant):
         return _savedmodel(variant, parent, splits)
     raise TypeError(f"no builder for {type(variant).__name__}")  # the schema admits no other
 
 
-def _onnx(variant: OnnxVariant, parent: Parent, splits: Splits) -> Built:
+def _onnx(variant: OnnxVariant, parent: Parent, splits: Splits, threads: int) -> Built:
     from maas.optimize.onnx_export import export_onnx
     from maas.optimize.runtime import load_onnx_session
 
     export = export_onnx(parent.model, parent.schema, splits.x_val, variant.opset, variant.tolerance,
                          parent.what)
     return Built({ONNX_FILE: export.content}, _onnx_artifact(variant.opset, None),
-                 load_onnx_session(export.content, what=parent.what), len(export.content),
+                 load_onnx_session(export.content, threads, parent.what), len(export.content),
                  {"max_abs_diff": export.max_abs_diff})
 
 
-def _onnx_int8(variant: OnnxInt8Variant, parent: Parent, splits: Splits) -> Built:
+def _onnx_int8(variant: OnnxInt8Variant, parent: Parent, splits: Splits, threads: int) -> Built:
     from maas.optimize.onnx_export import INPUT_NAME, convert, refuse_text_models
     from maas.optimize.quantize import quantize
     from maas.optimize.runtime import load_onnx_session
@@ -117,7 +119,7 @@ def _onnx_int8(variant: OnnxInt8Variant, parent: Parent, splits: Splits) -> Buil
     calibration = np.asarray(splits.x_train[:variant.calibration_rows], np.float32)
     content = quantize(fp32, variant.mode, calibration, INPUT_NAME)
     return Built({ONNX_FILE: content}, _onnx_artifact(variant.opset, f"int8-{variant.mode}"),
-                 load_onnx_session(content, what=parent.what), len(content))
+                 load_onnx_session(content, threads, parent.what), len(content))
 
 
 def _onnx_artifact(opset: int, quantization: str | None) -> dict[str, Any]:

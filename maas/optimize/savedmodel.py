@@ -8,6 +8,8 @@ finds the version directory as it is. ``model.keras`` stays beside it for our ow
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,10 @@ class SavedModelPredictor:
 
 
 def export_savedmodel(model: Any, directory: str | Path) -> None:
-    """Write the SavedModel files straight into ``directory`` (the version's top level)."""
-    model.export(str(directory))
+    """Write the SavedModel files straight into ``directory`` (the version's top level). tf_keras
+    prints every endpoint's captured tensors while it writes: kept out of the job's log."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(str(directory))
 
 
 def load_savedmodel(directory: str | Path) -> SavedModelPredictor:

@@ -30,8 +30,11 @@ def root(tmp_path_factory) -> str:
     return root
 
 
-def test_default_recipe_end_to_end(root: str, capsys) -> None:
-    assert main(["--model", "digits_mlp:1", "--recipe", RECIPE, "--registry", root, *FAST]) == 0
+def test_default_recipe_end_to_end(root: str, tmp_path: Path, capsys) -> None:
+    report = tmp_path / "tradeoff.png"
+    assert main(["--model", "digits_mlp:1", "--recipe", RECIPE, "--registry", root, *FAST,
+                 "--report", str(report)]) == 0
+    assert report.read_bytes().startswith(b"\x89PNG")
     out = capsys.readouterr().out
     assert "keras (v1)" in out and "savedmodel" in out and "ms@64" in out
     assert 'RESULT {"model": "digits_mlp", "parent_version": 1, "published": {"onnx": 2, ' in out
