@@ -155,30 +155,53 @@ def test_savedmodel_is_in_tf_serving_layout_and_loads_in_a_fresh_process(digits_
     assert (directory / "saved_model.pb").is_file() and (directory / "variables").is_dir()
     assert entry.metadata["format"] == "model.keras"  # served by TensorFlow as before
     assert entry.metadata["artifact"]["format"] == "savedmodel"
-    rows = load_dataset(DataConfig(source="digits")).x_test[:16]
-    # One fresh process (one TensorFlow start, not two): `saved_model_cli show` as its console
-    # script runs it, then the serving_default signature loaded and called on our rows.
-    code = ("import contextlib, io, json, sys, numpy as np, tensorflow as tf\n"
-            "from tensorflow.python.tools import saved_model_cli\n"
-            "directory, rows = sys.argv[1], np.array(json.loads(sys.argv[2]), np.float32)\n"
-            "sys.argv = ['saved_model_cli', 'show', '--dir', directory, '--tag_set', 'serve',\n"
-            "            '--signature_def', 'serving_default']\n"
-            "shown = io.StringIO()\n"
-            "with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):\n"
-            "    saved_model_cli.main()\n"
-            "sig = tf.saved_model.load(directory).signatures['serving_default']\n"
-            "out = list(sig(inputs=tf.constant(rows)).values())[0].numpy().tolist()\n"
-            "print(json.dumps({'shown': shown.getvalue(), 'out': out}))\n")
-    reply = subprocess.run([sys.executable, "-c", code, str(directory), json.dumps(rows.tolist())],
-                           capture_output=True, text=True, check=True).stdout
-    result = json.loads(reply.splitlines()[-1])
+    from tensorflow_serving.apis import predict_pb2  # imports TensorFlow: not at collection time
+
+    rows = load_dataset(DataConfig(source="digits")).x_test[:16].astype(np.float32)
+    request = predict_pb2.PredictRequest()  # what a TensorFlow Serving gRPC client sends
+    request.model_spec.name, request.model_spec.signature_name = "digits_mlp", "serving_default"
+    request.inputs["inputs"].CopyFrom(tf_make_tensor_proto(rows))
+    result = json.loads(subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(directory), request.SerializeToString().hex()],
+        capture_output=True, text=True, check=True).stdout.splitlines()[-1])
     shown = result["shown"]
     assert "inputs['inputs']" in shown and "tensorflow/serving/predict" in shown and "(-1, 8, 8)" in shown
+    response = predict_pb2.PredictResponse.FromString(bytes.fromhex(result["response"]))
+    (output,) = response.outputs.values()
     from maas.artifacts.keras_loader import load_keras_bytes
+    from maas.tfkeras import tensorflow
 
     keras_model = load_keras_bytes((directory / "model.keras").read_bytes(), "model.keras", "test")
-    np.testing.assert_allclose(np.array(result["out"]),
-                               np.asarray(keras_model(rows.astype(np.float32))), atol=1e-5)
+    np.testing.assert_allclose(tensorflow().make_ndarray(output), np.asarray(keras_model(rows)), atol=1e-5)
+
+
+def tf_make_tensor_proto(array: np.ndarray):
+    from maas.tfkeras import tensorflow
+
+    return tensorflow().make_tensor_proto(array)
+
+
+# One fresh process (one TensorFlow start, not two): `saved_model_cli show` as its console script
+# runs it, then a TF Serving PredictRequest answered the way tensorflow_model_server does: the
+# named signature, called with the request's named input tensors, outputs into a PredictResponse.
+FRESH_PROCESS = """
+import contextlib, io, json, sys
+import tensorflow as tf
+from tensorflow.python.tools import saved_model_cli
+from tensorflow_serving.apis import predict_pb2
+directory, request = sys.argv[1], predict_pb2.PredictRequest.FromString(bytes.fromhex(sys.argv[2]))
+sys.argv = ['saved_model_cli', 'show', '--dir', directory, '--tag_set', 'serve',
+            '--signature_def', 'serving_default']
+shown = io.StringIO()
+with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):
+    saved_model_cli.main()
+signature = tf.saved_model.load(directory).signatures[request.model_spec.signature_name]
+outputs = signature(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+response = predict_pb2.PredictResponse()
+for key, value in outputs.items():
+    response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+print(json.dumps({'shown': shown.getvalue(), 'response': response.SerializeToString().hex()}))
+"""
 
 
 def test_table_lists_parent_and_variants(outcome) -> None:
