@@ -15,6 +15,7 @@ from maas.data import Splits
 from maas.errors import MaasError, ModelError
 from maas.optimize.evaluate import KerasPredictor, Predictor, limit_tensorflow_threads, measure, top1
 from maas.optimize.recipe import OnnxInt8Variant, OnnxVariant, RecipeConfig, SavedModelVariant, Variant
+from maas.optimize.runtime import OnnxPredictor
 from maas.optimize.source import KERAS_FILE, Parent, load_parent, recreate_splits
 from maas.registry import ModelVersion, Registry
 
@@ -104,9 +105,9 @@ def _onnx(variant: OnnxVariant, parent: Parent, splits: Splits, threads: int) ->
 
     export = export_onnx(parent.model, parent.schema, splits.x_val, variant.opset, variant.tolerance,
                          parent.what)
-    return Built({ONNX_FILE: export.content}, _onnx_artifact(variant.opset, None),
-                 load_onnx_session(export.content, threads, parent.what), len(export.content),
-                 {"max_abs_diff": export.max_abs_diff})
+    predictor = load_onnx_session(export.content, threads, parent.what)
+    return Built({ONNX_FILE: export.content}, _onnx_artifact(predictor, variant.opset, None), predictor,
+                 len(export.content), {"max_abs_diff": export.max_abs_diff})
 
 
 def _onnx_int8(variant: OnnxInt8Variant, parent: Parent, splits: Splits, threads: int) -> Built:
@@ -118,15 +119,14 @@ def _onnx_int8(variant: OnnxInt8Variant, parent: Parent, splits: Splits, threads
     fp32 = convert(parent.model, parent.schema, variant.opset)
     calibration = np.asarray(splits.x_train[:variant.calibration_rows], np.float32)
     content = quantize(fp32, variant.mode, calibration, INPUT_NAME)
-    return Built({ONNX_FILE: content}, _onnx_artifact(variant.opset, f"int8-{variant.mode}"),
-                 load_onnx_session(content, threads, parent.what), len(content))
+    predictor = load_onnx_session(content, threads, parent.what)
+    return Built({ONNX_FILE: content}, _onnx_artifact(predictor, variant.opset, f"int8-{variant.mode}"),
+                 predictor, len(content))
 
 
-def _onnx_artifact(opset: int, quantization: str | None) -> dict[str, Any]:
-    from maas.optimize.onnx_export import INPUT_NAME
-
-    return {"format": "onnx", "file": ONNX_FILE, "runtime": "onnxruntime", "input": INPUT_NAME,
-            "opset": opset, "quantization": quantization}
+def _onnx_artifact(predictor: OnnxPredictor, opset: int, quantization: str | None) -> dict[str, Any]:
+    return {"format": "onnx", "file": ONNX_FILE, "runtime": "onnxruntime", "input": predictor.input_name,
+            "output": predictor.output_name, "opset": opset, "quantization": quantization}
 
 
 def _savedmodel(variant: SavedModelVariant, parent: Parent, splits: Splits) -> Built:

@@ -127,7 +127,8 @@ def test_each_variant_is_a_new_version_with_parent_and_tradeoff(digits_registry:
     meta = onnx.metadata
     assert onnx.version == 2 and meta["parent_version"] == 1 and meta["format"] == "model.onnx"
     assert meta["artifact"] == {"format": "onnx", "file": "model.onnx", "runtime": "onnxruntime",
-                                "input": "inputs", "opset": 17, "quantization": None}
+                                "input": "inputs", "output": "probabilities", "opset": 17,
+                                "quantization": None}
     assert meta["metrics"]["max_abs_diff"] <= 1e-4 and meta["metrics"]["top1_agreement"] == 1.0
     assert {"latency_ms_batch1", "latency_ms_batch8", "size_bytes", "test_accuracy"} <= set(meta["metrics"])
     assert meta["optimization"]["variant"]["kind"] == "onnx"
