@@ -16,13 +16,13 @@ def write_tradeoff_png(outcome: Outcome, path: str | Path) -> Path:
     rows = [row for row in outcome.rows if not row.error]
     largest = max(row.figures["size_bytes"] for row in rows)
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
+    for i, row in enumerate(rows):
         f = row.figures
         axis.scatter(f["latency_ms_batch1"], f["test_accuracy"], s=40 + 400 * f["size_bytes"] / largest,
                      alpha=0.6)
         axis.annotate(f"{row.variant} (v{row.version}, {f['size_bytes'] / 1024:.0f} KiB)",
                       (f["latency_ms_batch1"], f["test_accuracy"]), fontsize=8,
-                      xytext=(5, 5), textcoords="offset points")
+                      xytext=(6, 6 - 12 * (i % 3)), textcoords="offset points")
     axis.set_xscale("log")
     axis.set_xlabel("single-row call latency, ms (log)")
     axis.set_ylabel("test accuracy")
