@@ -65,6 +65,13 @@ class IntegrityError(RegistryError):
     kind, http_status, exit_code = "integrity", 409, 1
 
 
+class StorageError(RegistryError):
+    """The registry's storage refused a write: full, read-only, or not ours to write. Nothing was
+    published; the message names the path and what to do."""
+
+    kind, http_status, exit_code = "storage", 507, 1
+
+
 class RequestError(MaasError, ValueError):
     """A client's request is wrong: 400 unless the instance says 401, 403, 404, 413, ..."""
 
@@ -115,7 +122,8 @@ class InterruptedRunError(MaasError):
 # shape, and the caller turns them back into the same MaasError kind.
 
 _KINDS: dict[str, type[MaasError]] = {cls.kind: cls for cls in (
-    MaasError, ConfigError, DataError, ModelError, RegistryError, IntegrityError, RequestError,
+    MaasError, ConfigError, DataError, ModelError, RegistryError, IntegrityError, StorageError,
+    RequestError,
     OverloadError, RateLimitError, UnavailableError, ClusterError, InterruptedRunError)}
 
 

@@ -12,12 +12,14 @@ Every reader also checks a version's files against the content hash in its metad
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,13 +29,14 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from maas.errors import IntegrityError, RegistryError
+from maas.errors import IntegrityError, RegistryError, StorageError
 from maas.schema import NAME_PATTERN as MODEL_NAME_PATTERN
 from maas.storage import absolute, is_uri
 
 METADATA_FILE = "metadata.json"
 SERVED_FILE = "served.json"  # <root>/<name>/served.json: versions that loaded in a replica, newest first
 STAGING_DIR = ".staging"
+STALE_STAGING_S = 24 * 3600  # a staging directory this old belongs to a publisher that died
 NAME_PATTERN = re.compile(MODEL_NAME_PATTERN)
 
 
@@ -78,6 +81,25 @@ def _read_tree(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != METADATA_FILE
     }
+
+
+def _write_synced(path: Path, content: bytes) -> None:
+    """Write and fsync: a version the registry calls published survives a crash of the machine,
+    not only of the process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(content)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _sync_directory(path: Path) -> None:
+    """fsync a directory, so a rename inside it is on disk too."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class Registry:
@@ -236,8 +258,11 @@ class Registry:
         full_metadata.pop("encryption", None)  # a caller's copy of another version's envelope
         if encryption is not None:
             full_metadata["encryption"] = encryption
-        published = (self._publish_local(name, files, full_metadata) if self.local
-                     else self._publish_remote(name, files, full_metadata))
+        try:
+            published = (self._publish_local(name, files, full_metadata) if self.local
+                         else self._publish_remote(name, files, full_metadata))
+        except OSError as exc:
+            raise self._storage_error(f"publish a new version of '{name}'", exc) from exc
         self._audit("model.published", model=name, version=published.version,
                     content_hash=published.content_hash, encrypted="encryption" in published.metadata,
                     signed_by=(published.metadata.get("signature") or {}).get("key_id"))
@@ -254,28 +279,68 @@ class Registry:
         key = self._encryption_key or MasterKey.from_env()
         return encrypt_files(files, key) if key is not None else (files, None)
 
+    def _storage_error(self, what: str, exc: OSError) -> StorageError:
+        """What a user can do about a write the storage refused (the OSError stays chained)."""
+        where = exc.filename or self.root_uri
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            advice = "the storage is full (or over its quota): free space, or publish to another " \
+                     "registry (--registry / $MAAS_REGISTRY)"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            advice = "this process may not write there (permissions or a read-only mount): run as " \
+                     "a user who may, or publish to another registry (--registry / $MAAS_REGISTRY)"
+        else:
+            advice = "the storage failed"
+        return StorageError(f"could not {what} in the registry at {self.root_uri}: {advice} "
+                            f"({exc.strerror or exc} at {where}); nothing was published")
+
     def _publish_local(self, name: str, files: dict[str, bytes], metadata: dict[str, Any]) -> ModelVersion:
+        """Stage every file (synced to disk), then claim the next number and rename the staged
+        directory onto the claim. A publisher killed at any step leaves nothing a reader sees: a
+        staging directory (removed by a later publish once it is a day old) or an empty claimed
+        number (skipped: ``versions`` needs a ``metadata.json``)."""
         base = Path(self._path(name))
+        self._remove_stale_staging(base / STAGING_DIR)
         staging = base / STAGING_DIR / uuid.uuid4().hex
         staging.mkdir(parents=True)
         try:
             for rel_path, content in files.items():
-                (staging / rel_path).parent.mkdir(parents=True, exist_ok=True)
-                (staging / rel_path).write_bytes(content)
+                _write_synced(staging / rel_path, content)
             while True:  # another publisher may take a number first: retry with the next one
                 version = self._next_number(name)
-                target = base / str(version)
                 signed = self._signed({**metadata, "version": version})
-                (staging / METADATA_FILE).write_text(json.dumps(signed, indent=2))
-                try:
-                    target.mkdir()  # claims the number; fails if taken
-                except FileExistsError:
-                    continue
-                os.replace(staging, target)  # atomic swap of the empty claim for the full dir
-                break
+                _write_synced(staging / METADATA_FILE, json.dumps(signed, indent=2).encode())
+                if self._claim(base / str(version)):
+                    break
+            self._commit(staging, base / str(version))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.get(name, version)
+
+    @staticmethod
+    def _claim(target: Path) -> bool:
+        """Take a version number: mkdir is atomic, so two publishers never get the same one."""
+        try:
+            target.mkdir()
+        except FileExistsError:
+            return False
+        return True
+
+    @staticmethod
+    def _commit(staging: Path, target: Path) -> None:
+        os.replace(staging, target)  # atomic swap of the empty claim for the full directory
+        _sync_directory(target.parent)
+
+    @staticmethod
+    def _remove_stale_staging(staging_root: Path) -> None:
+        if not staging_root.is_dir():
+            return
+        cutoff = time.time() - STALE_STAGING_S
+        for leftover in staging_root.iterdir():
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    shutil.rmtree(leftover, ignore_errors=True)
+            except FileNotFoundError:
+                pass  # another publisher removed it first
 
     def _publish_remote(self, name: str, files: dict[str, bytes], metadata: dict[str, Any]) -> ModelVersion:
         version = self._next_number(name)
@@ -327,7 +392,10 @@ class Registry:
         return self.get(name, version)
 
     def _write_metadata(self, name: str, version: int, metadata: dict[str, Any]) -> None:
-        self._write_json(self._path(name, str(version), METADATA_FILE), metadata)
+        try:
+            self._write_json(self._path(name, str(version), METADATA_FILE), metadata)
+        except OSError as exc:
+            raise self._storage_error(f"update version {version} of '{name}'", exc) from exc
 
     def _write_json(self, path: str, body: dict[str, Any]) -> None:
         if self.local:  # write-then-rename: a reader never sees half a JSON file

@@ -14,13 +14,14 @@ from maas.errors import (
     OverloadError,
     RegistryError,
     RequestError,
+    StorageError,
     error_reply,
     raise_if_error,
 )
 
 KINDS = [(ConfigError, 400, 2), (DataError, 400, 2), (ModelError, 422, 2), (RegistryError, 404, 1),
          (IntegrityError, 409, 1), (RequestError, 400, 2), (OverloadError, 503, 1),
-         (ClusterError, 503, 1), (InterruptedRunError, 503, 130)]
+         (ClusterError, 503, 1), (InterruptedRunError, 503, 130), (StorageError, 507, 1)]
 
 
 @pytest.mark.parametrize(("kind", "status", "exit_code"), KINDS)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
+from maas.errors import StorageError
 from maas.registry import IntegrityError, Registry, RegistryError, hash_directory
 
 
@@ -85,7 +86,7 @@ def test_publish_failure_midway_cleans_staging(tmp_path: Path, registry_root: st
         raise OSError("disk full")
 
     monkeypatch.setattr("maas.registry.os.replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageError, match="disk full.*nothing was published"):
         registry.publish("m", _model_dir(tmp_path), {})
     assert registry.versions("m") == []
     assert list(Path(registry_root, "m", ".staging").iterdir()) == []
