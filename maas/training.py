@@ -28,6 +28,7 @@ from maas.config import TrainJobConfig, config_to_dict
 from maas.data import Splits, feature_stats, load_dataset, shard_indices
 from maas.errors import ConfigError, ModelError
 from maas.models import build_model, check_compatible, compile_model, effective_learning_rate
+from maas.resume import check_resumable
 from maas.storage import absolute, filesystem_for
 from maas.tfkeras import keras, load_model, save_model, tensorflow
 
@@ -487,6 +488,8 @@ def choose_run_name(cfg: TrainJobConfig, run_name: str | None = None) -> str:
     if cfg.run.resume and not exists:
         raise TrainingInputError(
             f"run.resume=true but no run named '{name}' exists in {cfg.run.storage_path}")
+    if cfg.run.resume:  # a deleted or damaged checkpoint: one message now, not worker retries
+        check_resumable(f"{absolute(cfg.run.storage_path)}/{name}", MODEL_FILE, STATE_FILE)
     return name
 
 

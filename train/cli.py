@@ -39,9 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(cfg: TrainJobConfig, args: argparse.Namespace) -> int:
-    from maas.training import load_checked_data, run_training
+    from maas.training import choose_run_name, load_checked_data, run_training
 
     splits = load_checked_data(cfg)
+    run_name = choose_run_name(cfg, args.run_name)  # before Ray starts: a run that cannot resume
     print(f"[train] data {splits.schema.source}: {splits.sizes()} rows, input "
           f"{list(splits.schema.input_shape)}, {splits.schema.num_classes} classes; "
           f"{cfg.scaling.num_workers} workers x batch {cfg.training.batch_size}", flush=True)
@@ -50,7 +51,7 @@ def _run(cfg: TrainJobConfig, args: argparse.Namespace) -> int:
     from maas.raycluster import init_ray
 
     init_ray(args.address)
-    outcome = run_training(cfg, run_name=args.run_name, splits=splits)
+    outcome = run_training(cfg, run_name=run_name, splits=splits)
     version = outcome.version
     print(f"[train] registered {version.name} version {version.version} at {version.uri}")
     print(f"[train] test_accuracy={outcome.metrics['test_accuracy']:.4f} "
