@@ -14,9 +14,11 @@ from maas.errors import ModelError
 INPUT_NAME = "inputs"  # the name build_model gives the Input layer; serving's V2 tensor name too
 TEXT_REFUSAL = (
     "{what} tokenises text inside the model (TextVectorization): its string operations have no "
-    "useful ONNX equivalent (tf2onnx needs onnxruntime-extensions and its outputs still differ), so "
-    "no ONNX variant is made. What works instead: the 'savedmodel' variant, which keeps the "
-    "tokeniser, or serving the Keras version as it is")
+    "useful {target} equivalent ({why}), so no {target} variant is made. What works instead: the "
+    "'savedmodel' variant, which keeps the tokeniser, or serving the Keras version as it is")
+WHY = {"ONNX": "tf2onnx needs onnxruntime-extensions and its outputs still differ",
+       "TFLite": "its string ops are no TFLite built-ins; they would need TensorFlow select ops (the "
+                 "Flex delegate), which standard edge runtimes do not include"}
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,12 @@ class OnnxExport:
     opset: int
 
 
-def refuse_text_models(model: Any, schema: DataSchema, what: str) -> None:
-    """ONNX cannot represent in-model tokenisation: say why and what to use instead."""
+def refuse_text_models(model: Any, schema: DataSchema, what: str, target: str = "ONNX") -> None:
+    """ONNX (or TFLite) cannot usefully represent in-model tokenisation: say why and what to use
+    instead."""
     tokenises = any(type(layer).__name__ == "TextVectorization" for layer in model.layers)
     if schema.is_text or tokenises:
-        raise ModelError(TEXT_REFUSAL.format(what=what))
+        raise ModelError(TEXT_REFUSAL.format(what=what, target=target, why=WHY[target]))
 
 
 def keras_predict(model: Any, x: np.ndarray, batch: int = 1024) -> np.ndarray:

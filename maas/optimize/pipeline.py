@@ -14,12 +14,20 @@ import numpy as np
 from maas.data import Splits
 from maas.errors import MaasError, ModelError
 from maas.optimize.evaluate import KerasPredictor, Predictor, limit_tensorflow_threads, measure, top1
-from maas.optimize.recipe import OnnxInt8Variant, OnnxVariant, RecipeConfig, SavedModelVariant, Variant
+from maas.optimize.recipe import (
+    OnnxInt8Variant,
+    OnnxVariant,
+    RecipeConfig,
+    SavedModelVariant,
+    TfLiteVariant,
+    Variant,
+)
 from maas.optimize.runtime import OnnxPredictor
 from maas.optimize.source import KERAS_FILE, Parent, load_parent, recreate_splits
 from maas.registry import ModelVersion, Registry
 
 ONNX_FILE = "model.onnx"
+TFLITE_FILE = "model.tflite"
 
 
 @dataclass
@@ -96,6 +104,8 @@ def build_variant(variant: Variant, parent: Parent, splits: Splits, threads: int
         return _onnx_int8(variant, parent, splits, threads)
     if isinstance(variant, SavedModelVariant):
         return _savedmodel(variant, parent, splits)
+    if isinstance(variant, TfLiteVariant):
+        return _tflite(variant, parent, splits, threads)
     raise TypeError(f"no builder for {type(variant).__name__}")  # the schema admits no other
 
 
@@ -145,6 +155,18 @@ def _savedmodel(variant: SavedModelVariant, parent: Parent, splits: Splits) -> B
                 "input": predictor.input_name, "output": predictor.output_name}
     return Built({**files, KERAS_FILE: parent.keras_bytes}, artifact, predictor, size,
                  {"max_abs_diff": diff})
+
+
+def _tflite(variant: TfLiteVariant, parent: Parent, splits: Splits, threads: int) -> Built:
+    from maas.optimize.onnx_export import refuse_text_models
+    from maas.optimize.tflite import convert_tflite, load_tflite
+
+    refuse_text_models(parent.model, parent.schema, parent.what, "TFLite")
+    calibration = np.asarray(splits.x_train[:variant.calibration_rows], np.float32)
+    content = convert_tflite(parent.model, variant.mode, calibration)
+    artifact = {"format": "tflite", "file": TFLITE_FILE, "runtime": "tflite", "served": False,
+                "quantization": variant.mode}
+    return Built({TFLITE_FILE: content}, artifact, load_tflite(content, threads), len(content))
 
 
 def variant_metadata(parent: Parent, variant: Variant, recipe: RecipeConfig, built: Built,

@@ -56,7 +56,20 @@ class SavedModelVariant(_VariantBase):
                              description="Largest |SavedModel - Keras| output difference allowed.")
 
 
-Variant = Annotated[OnnxVariant | OnnxInt8Variant | SavedModelVariant, Field(discriminator="kind")]
+class TfLiteVariant(_VariantBase):
+    kind: Literal["tflite"] = Field(
+        description="TensorFlow Lite model for edge clients: registered and downloadable, not served.")
+    mode: Literal["fp16", "dynamic", "int8"] = Field(
+        "fp16", description="fp16: float16 weights; dynamic: int8 weights; int8: int8 weights and "
+                            "activations, calibrated on training rows (float32 input and output).")
+    calibration_rows: int = Field(256, ge=1, description="int8: training rows to calibrate on.")
+    min_agreement: float = Field(
+        0.95, ge=0, le=1,
+        description="Smallest top-1 agreement with the parent on the test split that may be published.")
+
+
+Variant = Annotated[OnnxVariant | OnnxInt8Variant | SavedModelVariant | TfLiteVariant,
+                    Field(discriminator="kind")]
 
 
 class EvaluationSection(StrictSchema):

@@ -93,10 +93,12 @@ def test_recipe_is_strict_and_overridable(tmp_path: Path) -> None:
     recipe = load_recipe(REPO / "configs/optimize/default.yaml", ["evaluation.repeats=7"])
     assert [v.kind for v in recipe.variants] == ["onnx", "onnx-int8", "savedmodel"]
     assert recipe.evaluation.repeats == 7
+    edge = load_recipe(REPO / "configs/optimize/edge.yaml")
+    assert [(v.kind, v.mode) for v in edge.variants] == [("tflite", "fp16"), ("tflite", "int8")]
     with pytest.raises(ConfigError, match="unknown key"):
         load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: onnx, tolerence: 1}]"])
     with pytest.raises(ConfigError, match="variants"):
-        load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: tflite}]"])
+        load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: pruned}]"])
     with pytest.raises(ConfigError, match="unique"):
         load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: onnx}, {kind: onnx}]"])
 
@@ -113,7 +115,7 @@ def outcome(digits_registry: str):
     recipe = RecipeConfig.model_validate({
         "variants": [{"kind": "onnx", "labels": ["onnx"]}, {"kind": "onnx-int8"},
                      {"kind": "onnx-int8", "name": "int8-static", "mode": "static", "calibration_rows": 64},
-                     {"kind": "savedmodel"}],
+                     {"kind": "savedmodel"}, {"kind": "tflite", "mode": "int8", "calibration_rows": 64}],
         "evaluation": FAST_EVALUATION})
     return run_recipe(Registry(digits_registry), "digits_mlp", "1", recipe, log=lambda *a, **k: None)
 
@@ -121,7 +123,8 @@ def outcome(digits_registry: str):
 def test_each_variant_is_a_new_version_with_parent_and_tradeoff(digits_registry: str, outcome) -> None:
     assert not outcome.refusals
     assert [(row.variant, row.version) for row in outcome.rows] == [
-        ("keras (v1)", 1), ("onnx", 2), ("onnx-int8", 3), ("int8-static", 4), ("savedmodel", 5)]
+        ("keras (v1)", 1), ("onnx", 2), ("onnx-int8", 3), ("int8-static", 4), ("savedmodel", 5),
+        ("tflite", 6)]
     registry = Registry(digits_registry)
     onnx = registry.get("digits_mlp", "onnx")  # the recipe's label
     meta = onnx.metadata
@@ -146,6 +149,23 @@ def test_int8_is_smaller_and_agrees(digits_registry: str, outcome) -> None:
     fp32 = registry.get("digits_mlp", 2).metadata["metrics"]["size_bytes"]
     # a tiny model: the normalisation constants and graph overhead stay fp32; wide layers get ~4x
     assert registry.get("digits_mlp", 3).metadata["metrics"]["size_bytes"] < 0.7 * fp32
+
+
+def test_tflite_is_registered_for_download_not_serving(digits_registry: str, outcome) -> None:
+    entry = Registry(digits_registry).get("digits_mlp", 6)
+    assert set(entry.metadata["files"]) == {"model.tflite"} and entry.metadata["format"] == "model.tflite"
+    assert entry.metadata["artifact"] == {"format": "tflite", "file": "model.tflite", "runtime": "tflite",
+                                          "served": False, "quantization": "int8"}
+    assert entry.metadata["metrics"]["top1_agreement"] >= 0.95
+
+
+def test_tflite_fp16_matches_keras_closely() -> None:
+    from maas.optimize.tflite import convert_tflite, load_tflite
+
+    model, x = _tiny("mlp"), _rows()
+    predictor = load_tflite(convert_tflite(model, "fp16"))
+    np.testing.assert_allclose(predictor.predict(x), np.asarray(model(x)), atol=5e-3)
+    assert predictor.predict(x[:3]).shape == (3, 10)  # resized for another batch size
 
 
 def test_savedmodel_is_in_tf_serving_layout_and_loads_in_a_fresh_process(digits_registry: str,
