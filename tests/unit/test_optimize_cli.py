@@ -110,3 +110,31 @@ def test_importing_the_stage_starts_nothing_heavy() -> None:
             "heavy = ('tensorflow', 'tf_keras', 'ray', 'onnxruntime', 'tf2onnx')\n"
             "assert not [m for m in heavy if m in sys.modules]")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_signed_and_encrypted_parent_gives_a_signed_encrypted_variant(tmp_path: Path, monkeypatch,
+                                                                      capsys) -> None:
+    from maas.artifacts.encryption import MasterKey, decrypt_files, generate_master_key
+    from maas.artifacts.signing import Verifier, generate_keys
+
+    private, public = generate_keys(tmp_path / "keys")
+    monkeypatch.setenv("MAAS_SIGNING_KEY", str(private))
+    monkeypatch.setenv("MAAS_VERIFY_KEY", str(public))
+    monkeypatch.setenv("MAAS_MASTER_KEY_FILE", str(generate_master_key(tmp_path / "keys" / "master.key")))
+    root = str(tmp_path / "registry")
+    publish_digits(root, epochs=1)
+    assert main(["--model", "digits_mlp", "--recipe", RECIPE, "--registry", root, *FAST,
+                 "--set", "variants=[{kind: onnx}]"]) == 0
+    registry = Registry(root)
+    entry = registry.get("digits_mlp", 2)
+    assert "encryption" in entry.metadata and entry.metadata["parent_version"] == 1
+    files = registry.read_verified(entry, Verifier.load(str(public)))  # signature checked first
+    files = decrypt_files(files, entry.metadata["encryption"], MasterKey.from_env(), "v2")
+    assert load_onnx_session(files["model.onnx"]).predict(np.zeros((1, 8, 8), np.float32)).shape == (1, 10)
+    # a parent that fails its signature check is not read at all
+    _, stranger = generate_keys(tmp_path / "other")
+    monkeypatch.setenv("MAAS_VERIFY_KEY", str(stranger))
+    capsys.readouterr()
+    assert main(["--model", "digits_mlp:1", "--recipe", RECIPE, "--registry", root, "--check"]) == 0
+    assert main(["--model", "digits_mlp:1", "--recipe", RECIPE, "--registry", root, *FAST]) == 1
+    assert "not by the trusted key" in capsys.readouterr().err
