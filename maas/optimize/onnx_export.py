@@ -44,11 +44,11 @@ def keras_predict(model: Any, x: np.ndarray, batch: int = 1024) -> np.ndarray:
 
 def convert(model: Any, schema: DataSchema, opset: int) -> bytes:
     """The ONNX bytes of ``model``: one float32 input named ``inputs`` of shape (batch, *input_shape)."""
-    import tf2onnx
-
     from maas.tfkeras import tensorflow
 
-    tf = tensorflow()
+    tf = tensorflow()  # first: tf2onnx imports TensorFlow, which must see TF_USE_LEGACY_KERAS=1
+    import tf2onnx
+
     spec = tf.TensorSpec((None, *schema.input_shape), tf.float32, name=INPUT_NAME)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=(spec,), opset=opset)
     return proto.SerializeToString()

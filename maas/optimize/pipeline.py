@@ -58,6 +58,9 @@ class Outcome:
 
 def run_recipe(registry: Registry, name: str, version: str | None, recipe: RecipeConfig,
                log: Any = print) -> Outcome:
+    """Measure the parent, then build, check, measure and publish each variant in recipe order.
+    A refused variant (``MaasError``) is recorded and the others still run; a missing model, a
+    parent that fails its checks or data that changed stop everything (raised)."""
     limit_tensorflow_threads(recipe.evaluation.threads)  # before TensorFlow starts, or never
     parent = load_parent(registry, name, version)
     splits = recreate_splits(parent)

@@ -229,3 +229,25 @@ def test_table_lists_parent_and_variants(outcome) -> None:
     table = format_table(outcome)
     assert table.splitlines()[0].split()[:4] == ["variant", "version", "test_accuracy", "top1_agreement"]
     assert "ms@1" in table and "ms@8" in table and "int8-static" in table
+
+
+def test_a_variant_below_min_agreement_is_refused_and_the_others_still_run(digits_registry: str,
+                                                                           outcome, monkeypatch) -> None:
+    from maas.optimize import pipeline
+
+    real = pipeline.measure
+
+    def disagreeing(predictor, splits, labels, size, cfg):  # every variant: 50% agreement
+        figures = real(predictor, splits, labels, size, cfg)
+        return {**figures, "top1_agreement": 0.5} if labels is not None else figures
+
+    monkeypatch.setattr(pipeline, "measure", disagreeing)
+    registry = Registry(digits_registry)
+    before = registry.versions("digits_mlp")
+    recipe = RecipeConfig.model_validate({"variants": [{"kind": "onnx-int8", "min_agreement": 0.9},
+                                                       {"kind": "onnx"}], "evaluation": FAST_EVALUATION})
+    result = run_recipe(registry, "digits_mlp", "1", recipe, log=lambda *a, **k: None)
+    assert len(result.refusals) == 1 and "agrees with the parent on 50.00%" in str(result.refusals[0])
+    assert isinstance(result.refusals[0], ModelError)
+    assert registry.versions("digits_mlp") == [*before, before[-1] + 1]  # only the onnx variant
+    assert "refused" in format_table(result)
