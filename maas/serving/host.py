@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from maas.errors import MaasError, OverloadError, UnavailableError, error_reply
+from maas.errors import MaasError, OverloadError, RegistryError, UnavailableError, error_reply
 from maas.serving.batching import predict_grouped
 from maas.serving.inputs import to_batch
-from maas.serving.model import LoadedModel
+from maas.serving.model import LoadedModel, Runtime, artifact_runtime
 from maas.serving.oip import parse_v2_inputs
 from maas.serving.protocol import ApiProtocol
 from maas.serving.settings import ModelSettings
@@ -59,6 +59,7 @@ class ModelHost:
         self.unavailable: str | None = None
         self._retrier: asyncio.Task | None = None
         self._failed_plan: ServingPlan | None = None  # not retried by polling; a config change retries
+        self._runtimes: dict[int, Runtime | None] = {}  # version -> its artefact's runtime
         self.pending = 0  # requests inside infer(): validated, queued or in a model call
         self._observe = observe
         self._load = load or self._load_from_registry
@@ -187,11 +188,25 @@ class ModelHost:
         from maas.registry import Registry
 
         registry = Registry(self.registry_root)
-        registered = registry.versions(self.model_name)
+        registered = self._servable(registry, registry.versions(self.model_name))
         provisional = plan_versions(self.model_name, self.settings, registered)
         labels = {v: registry.metadata(self.model_name, v).get("labels", [])
                   for v in provisional.versions}
         return plan_versions(self.model_name, self.settings, registered, labels)
+
+    def _servable(self, registry: Any, versions: list[int]) -> list[int]:
+        """The versions this host may serve: a runtime it has, the one the settings ask for."""
+        wanted = self.settings.runtime
+        for version in versions:
+            if version not in self._runtimes:  # a version's artefact never changes: read once
+                self._runtimes[version] = artifact_runtime(registry.metadata(self.model_name, version))
+        servable = [v for v in versions if self._runtimes[v] is not None
+                    and wanted in ("any", self._runtimes[v])]
+        if versions and not servable:
+            kinds = ", ".join(f"{v}: {self._runtimes[v] or 'not served'}" for v in versions)
+            raise RegistryError(f"model '{self.model_name}' has no version to serve with runtime "
+                                f"'{wanted}' (versions: {kinds})")
+        return servable
 
     def _load_from_registry(self, version: int) -> LoadedModel:
         return LoadedModel.from_registry(self.registry_root, self.model_name, version, self.verifier)

@@ -1,16 +1,44 @@
-"""One registered version, loaded and warmed: the model called as one traced graph."""
+"""One registered version, loaded and warmed on the runtime its artefact needs: a Keras model
+called as one traced TensorFlow graph, or an ONNX model in an ONNX Runtime session (TensorFlow is
+then never imported). The registry metadata's ``artifact.runtime`` decides (docs/optimize.md);
+versions without it are Keras."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from maas.data import DataSchema
 from maas.errors import IntegrityError
+
+Runtime = Literal["tensorflow", "onnxruntime"]
+RUNTIMES: tuple[Runtime, ...] = ("tensorflow", "onnxruntime")
+
+
+def artifact_runtime(metadata: dict[str, Any]) -> Runtime | None:
+    """The runtime a version's artefact runs on; None for one that is not served (a TFLite file
+    for edge clients) or that names a runtime this server does not have."""
+    artifact = metadata.get("artifact") or {}
+    if artifact.get("served") is False:
+        return None
+    runtime = artifact.get("runtime", "tensorflow")
+    return runtime if runtime in RUNTIMES else None
+
+
+def replica_cpus() -> int:
+    """CPUs Ray assigned to this replica (an ONNX Runtime session's threads); 1 outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    except Exception:  # outside a Ray worker the context has nothing to say
+        pass
+    return 1
 
 
 @dataclass
@@ -20,6 +48,7 @@ class LoadedModel:
     schema: DataSchema
     model: Any
     metadata: dict[str, Any]
+    runtime: Runtime = "tensorflow"
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -27,7 +56,7 @@ class LoadedModel:
                       verifier: Any = None) -> LoadedModel:
         """Resolve; check the signature (with a ``verifier``) and the content hash before reading
         anything in the files; check the model's config against the allow-list; load; warm up."""
-        from maas.artifacts.keras_loader import load_keras_bytes
+        from maas.artifacts.keras_loader import load_keras_bytes  # imports no TensorFlow itself
         from maas.registry import Registry
 
         registry = Registry(root)
@@ -38,12 +67,21 @@ class LoadedModel:
             from maas.artifacts.encryption import MasterKey, decrypt_files
 
             files = decrypt_files(files, entry.metadata["encryption"], MasterKey.from_env(), what)
-        filename = entry.metadata.get("format", "model.keras")
+        runtime = artifact_runtime(entry.metadata)
+        if runtime is None:
+            raise IntegrityError(f"{what} is not servable here (artifact {entry.metadata.get('artifact')})")
+        filename = (entry.metadata.get("artifact") or {}).get("file") or entry.metadata.get("format",
+                                                                                            "model.keras")
         if filename not in files:
             raise IntegrityError(f"{what}: its model file '{filename}' is not among its files")
-        model = load_keras_bytes(files[filename], filename, what)
+        if runtime == "onnxruntime":
+            from maas.optimize.runtime import load_onnx_session
+
+            model = load_onnx_session(files[filename], threads=replica_cpus(), what=what)
+        else:
+            model = load_keras_bytes(files[filename], filename, what)
         loaded = cls(name, entry.version, DataSchema.from_dict(entry.metadata["schema"]), model,
-                     entry.metadata)
+                     entry.metadata, runtime)
         loaded.predict(loaded.example_batch())  # warm-up: first call traces the graph
         return loaded
 
@@ -69,6 +107,8 @@ class LoadedModel:
         return np.zeros((1, *self.schema.input_shape), dtype=np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        if self.runtime == "onnxruntime":
+            return self.model.predict(batch)
         # Never model.predict(): it costs ~60 ms per call whatever the size.
         return self._graph_call(batch).numpy()
 
@@ -77,6 +117,7 @@ class LoadedModel:
             "name": self.name,
             "version": self.version,
             "state": "AVAILABLE",
+            "runtime": self.runtime,
             "schema": self.schema.to_dict(),
             "metrics": self.metadata.get("metrics", {}),
             "content_hash": self.metadata.get("content_hash"),

@@ -51,6 +51,13 @@ class ModelSettings(StrictSchema):
         None, pattern=LABEL_PATTERN,
         description="The label that answers requests naming no version; unset: the newest "
                     "version the policy picks.")
+    runtime: Literal["any", "tensorflow", "onnxruntime"] = Field(
+        "any",
+        description="Which versions the policy picks from. any: every servable version, each on "
+                    "the runtime its artefact needs (ONNX Runtime for onnx/onnx-int8 variants, "
+                    "TensorFlow for Keras and SavedModel ones). tensorflow or onnxruntime: only "
+                    "versions of that runtime, e.g. {latest: 1} then serves the newest ONNX "
+                    "variant. TFLite variants are never served (a download for edge clients).")
     poll_registry_s: float = Field(
         0, ge=0, le=86400,
         description="Re-read the registry every this many seconds and swap to what the policy "
