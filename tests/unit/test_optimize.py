@@ -71,6 +71,18 @@ def test_tiny_models_convert_and_match_keras(model_type: str) -> None:
     np.testing.assert_allclose(session.predict(x), np.asarray(model(x)), atol=1e-5)
 
 
+def test_onnx_session_from_a_file_uses_the_threads_given_and_cpu_only(tmp_path: Path) -> None:
+    model, x = _tiny("mlp"), _rows()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(onnx_export.convert(model, IMAGE, opset=17))
+    predictor = load_onnx_session(path, threads=2)
+    options = predictor.session.get_session_options()
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert predictor.session.get_providers() == ["CPUExecutionProvider"]
+    assert predictor.output_name == "probabilities"
+    np.testing.assert_allclose(predictor.predict(x), np.asarray(model(x)), atol=1e-5)
+
+
 def test_outputs_above_the_tolerance_are_refused(monkeypatch) -> None:
     model, x = _tiny("mlp"), _rows()
     real = onnx_export.keras_predict
