@@ -545,3 +545,79 @@ def test_a_bad_version_never_takes_a_restarted_replica_down(endpoint, tiny_job, 
         assert requests.get(f"{endpoint}/v1/models/digits_mlp", timeout=30).status_code == 200
     finally:
         serve.delete("fallback")
+
+
+def _replica_pids(app: str, deployment: str) -> list[int]:
+    """Ray titles an actor's process after its class: ``ray::ServeReplica:<app>:<deployment>``."""
+    from pathlib import Path
+
+    title, found = f"ray::ServeReplica:{app}:{deployment}".encode(), []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(title):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            pass
+    return found
+
+
+def _loads_tensorflow(pid: int) -> bool:
+    """Whether TensorFlow's shared library is mapped into a process: a real import leaves it."""
+    from pathlib import Path
+
+    return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize("hosting", ["ingress", "deployment"])
+def test_an_onnx_version_is_served_like_any_other_without_tensorflow(endpoint, tiny_job, tmp_path,
+                                                                     hosting) -> None:
+    """The ONNX variant of the trained model, on ONNX Runtime: both protocols, batching, status;
+    the replica that hosts it never loads TensorFlow."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from maas.data import load_dataset
+    from maas.optimize.pipeline import run_recipe
+    from maas.optimize.recipe import RecipeConfig
+    from maas.registry import Registry
+    from serve.app import build_app
+
+    root = tmp_path / "registry"
+    shutil.copytree(tiny_job.registry.root, root, ignore=shutil.ignore_patterns(".maas"))
+    recipe = RecipeConfig.model_validate({"variants": [{"kind": "onnx"}],
+                                          "evaluation": {"batch_sizes": [1], "repeats": 1, "warmup": 0}})
+    assert not run_recipe(Registry(str(root)), "digits_mlp", "1", recipe, log=lambda *a, **k: None).refusals
+    app_name = f"onnx-{hosting}"
+    serve.run(build_app({"registry_root": str(root), "models": [
+        {"name": "digits_mlp", "hosting": hosting, "user_config": {"runtime": "onnxruntime"}}]}),
+        name=app_name, route_prefix=f"/{app_name}")
+    url = f"{endpoint}/{app_name}"
+    rows = load_dataset(tiny_job.data).x_test[:40]
+    expected = np.asarray(_local_model(tiny_job)(rows, training=False))
+    try:
+        def one(i: int) -> np.ndarray:
+            reply = requests.post(f"{url}/v1/models/digits_mlp:predict",
+                                  json={"instances": rows[i:i + 1].tolist()}, timeout=30)
+            assert reply.status_code == 200, reply.text
+            return np.asarray(reply.json()["predictions"][0])
+
+        with ThreadPoolExecutor(8) as pool:  # concurrent: they go through the batcher together
+            served = np.stack(list(pool.map(one, range(len(rows)))))
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+        request = {"id": "o1", "inputs": [{"name": "inputs", "shape": [3, 8, 8], "datatype": "FP32",
+                                           "data": rows[:3].reshape(-1).tolist()}]}
+        v2 = requests.post(f"{url}/v2/models/digits_mlp/infer", json=request, timeout=30).json()
+        assert v2["model_version"] == "2" and v2["id"] == "o1"
+        np.testing.assert_allclose(np.asarray(v2["outputs"][0]["data"]).reshape(3, 10), expected[:3],
+                                   atol=1e-5)
+        bad = requests.post(f"{url}/v1/models/digits_mlp:predict", json={"instances": [[1, 2]]}, timeout=30)
+        assert bad.status_code == 400 and "shape" in bad.json()["error"]
+        status = _model_status(app_name, hosting)
+        assert status["served_versions"] == [2] and status["runtime"] == "onnxruntime", status
+        pids = _replica_pids(app_name, "Ingress" if hosting == "ingress" else "digits_mlp")
+        assert pids and not any(_loads_tensorflow(pid) for pid in pids)
+        assert all(_loads_tensorflow(pid) for pid in _replica_pids("maas", "Ingress"))  # the check bites
+    finally:
+        serve.delete(app_name)
