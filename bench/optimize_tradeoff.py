@@ -6,8 +6,8 @@ accuracy, top-1 agreement with the Keras parent, size, single-call latency at ba
 
     .venv/bin/python bench/optimize_tradeoff.py [--repeats 200] [--threads 1] [--epochs 15]
 
-Served throughput per runtime is not measured here yet: serving runs Keras versions only (ONNX
-Runtime serving is separate work; docs/optimize.md).
+Served throughput per runtime (bench/serve_load.py's method against an ONNX Runtime replica) is not
+measured here yet: these are single-call figures.
 
 Last line: RESULT onnx_b1_speedup=.. onnx_b64_speedup=.. int8_acc_drop=.. int8_size_ratio=..
 (speedups: Keras tf.function call time / ONNX Runtime call time, the smallest over the models;
