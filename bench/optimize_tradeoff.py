@@ -4,19 +4,25 @@ digits CNN and a wide MLP (784-512-512-10 on generated data), each trained here 
 fp32, int8 dynamic, int8 static, SavedModel) by the same code as ``python -m optimize``: test
 accuracy, top-1 agreement with the Keras parent, size, single-call latency at batch 1 and 64.
 
-    .venv/bin/python bench/optimize_tradeoff.py [--repeats 200] [--threads 1] [--epochs 15]
+    flock /tmp/maas-ray.lock .venv/bin/python bench/optimize_tradeoff.py [--repeats 200] [--threads 1]
+        [--epochs 15] [--serve-seconds 10] [--rounds 2]
 
-Served throughput per runtime (bench/serve_load.py's method against an ONNX Runtime replica) is not
-measured here yet: these are single-call figures.
+Then served throughput, bench/serve_load.py's method (`serve run` of configs/serve/digits.yaml on a
+Ray of its own, one Ingress replica hosting the model, `wrk -t2 -c32`): the digits MLP's Keras
+version against its ONNX and int8 versions, each pinned with `versions: {specific: [N]}`, single-row
+and 64-row requests, rounds in alternating order. `--serve-seconds 0` skips it (no Ray, no wrk).
 
 Last line: RESULT onnx_b1_speedup=.. onnx_b64_speedup=.. int8_acc_drop=.. int8_size_ratio=..
+[onnx_rps_ratio=.. onnx_rows_ratio=.. int8_rps_ratio=.. int8_rows_ratio=..]
 (speedups: Keras tf.function call time / ONNX Runtime call time, the smallest over the models;
-int8: the dynamic variant, the largest accuracy drop in points and the largest size ratio).
+int8: the dynamic variant, the largest accuracy drop in points and the largest size ratio; served
+ratios: ONNX (int8) replica / TensorFlow replica, single-row requests/s and 64-row rows/s).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from maas.config import DataConfig, ModelConfig, OptimizerConfig, TrainJobConfig, config_to_dict  # noqa: E402
 from maas.data import load_dataset  # noqa: E402
@@ -93,13 +100,63 @@ def summary(outcomes: dict[str, Outcome]) -> dict[str, float]:
             "int8_size_ratio": max(sizes)}
 
 
+def pinned(version: int):
+    """configs/serve/digits.yaml serving only ``version`` of digits_mlp, on exactly one replica."""
+
+    def edit(config: dict) -> dict:
+        ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
+        ingress.pop("autoscaling_config", None)
+        ingress["num_replicas"] = 1
+        ingress["user_config"]["models"]["digits_mlp"]["versions"] = {"specific": [version]}
+        return config
+
+    return edit
+
+
+def serve_throughput(root: str, versions: dict[str, int], seconds: int, rounds: int,
+                     work: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Requests/s per pinned version, bench/serve_load.py's method (rounds in alternating order)."""
+    import json
+
+    import serve_load
+
+    one = json.dumps({"instances": [np.random.rand(8, 8).round(3).tolist()]})
+    many = json.dumps({"instances": np.random.rand(64, 8, 8).round(3).tolist()})
+    runs: dict[str, list] = {name: [] for name in versions}
+    names = list(versions)
+    for round_number in range(rounds):
+        for name in names if round_number % 2 == 0 else names[::-1]:
+            start = lambda port, v=versions[name]: serve_load.start_ours(  # noqa: E731
+                root, port, work, haproxy=False, niceness=0, edit=pinned(v))
+            runs[name].append(serve_load.measure(start, one, many, seconds, work))
+            print(f"[serve] {name} (v{versions[name]}) round {round_number + 1}: "
+                  f"{runs[name][-1]['one']['rps']:.0f} req/s, "
+                  f"{runs[name][-1]['many']['rps'] * 64:.0f} rows/s", flush=True)
+    return {name: serve_load._mean(r) for name, r in runs.items()}
+
+
+def served_summary(served: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    tf = served["keras"]
+    print(f"\n{'served version':<16} {'1-row req/s':>12} {'p99 ms':>8} {'64-row rows/s':>14} {'p99 ms':>8} "
+          f"{'errors':>7}")
+    for name, r in served.items():
+        print(f"{name:<16} {r['one']['rps']:>12.0f} {r['one']['p99']:>8.1f} {r['many']['rps'] * 64:>14.0f} "
+              f"{r['many']['p99']:>8.1f} {r['one']['errors'] + r['many']['errors']:>7.0f}")
+    return {f"{name}_{kind}_ratio": served[name][size]["rps"] / tf[size]["rps"]
+            for name in ("onnx", "int8") for kind, size in (("rps", "one"), ("rows", "many"))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per batch size")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads, TF and ONNX Runtime alike")
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--serve-seconds", type=int, default=10, help="wrk seconds per load; 0: no serving")
+    parser.add_argument("--rounds", type=int, default=2, help="served measurements per version (averaged)")
     args = parser.parse_args()
+    if args.serve_seconds and not shutil.which("wrk"):
+        sys.exit("wrk not found: apt-get install wrk (or --serve-seconds 0)")
     limit_tensorflow_threads(args.threads)
     outcomes: dict[str, Outcome] = {}
     with tempfile.TemporaryDirectory(prefix="maas-bench-optimize-") as work:
@@ -112,7 +169,12 @@ def main() -> int:
             print(f"\n== {name} (trained {args.epochs} epochs and optimised in "
                   f"{time.perf_counter() - started:.0f} s; size = ONNX/Keras file bytes)", flush=True)
             print(format_table(outcomes[name]), flush=True)
-    result = summary(outcomes)
+        result = summary(outcomes)
+        if args.serve_seconds:
+            published = {row.variant: row.version for row in outcomes["digits_mlp"].rows}
+            versions = {"keras": 1, "onnx": published["onnx"], "int8": published["int8-dynamic"]}
+            result |= served_summary(serve_throughput(root, versions, args.serve_seconds, args.rounds,
+                                                      Path(work)))
     print("\nRESULT " + " ".join(f"{k}={v:.2f}" for k, v in result.items()), flush=True)
     return 0
 
