@@ -4,9 +4,12 @@ would otherwise write: one FastAPI + uvicorn process calling the model directly.
 (apt-get install wrk), 32 connections, single-row then 64-row TF Serving requests.
 
     .venv/bin/python bench/serve_load.py [--seconds 15] [--rounds 2] [--haproxy] [--deployment-hosting]
+                                         [--audit]
 
 `--haproxy` starts Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_ENABLE_HA_PROXY=1, as
-`make demo` and cluster.yaml do. `--deployment-hosting` adds a third server to the same run: the
+`make demo` and cluster.yaml do. `--audit` adds the same app writing every prediction to the audit
+trail (audit_sample_rate: 1.0; the shipped default samples 1%): the audit trail's cost.
+`--deployment-hosting` adds a third server to the same run: the
 same config with the model in a deployment of its own (hosting: deployment, one more Serve hop).
 
 Last line: RESULT rps=.. base_rps=.. rps_ratio=.. p99_ms=.. rows_per_s=.. base_rows_per_s=.. rows_ratio=..
@@ -131,6 +134,11 @@ def as_deployment_hosting(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def audit_everything(config: dict[str, Any]) -> dict[str, Any]:
+    config["applications"][0]["args"]["audit_sample_rate"] = 1.0
+    return config
+
+
 def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int,
                edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> subprocess.Popen:
     """``serve run`` of configs/serve/digits.yaml (changed by ``edit`` if given) on a Ray of its own."""
@@ -181,12 +189,15 @@ def main() -> None:
                         help="nice value of Ray's workers (Ray's own default: 15)")
     parser.add_argument("--deployment-hosting", action="store_true",
                         help="also measure the model in a deployment of its own (hosting: deployment)")
+    parser.add_argument("--audit", action="store_true",
+                        help="also measure the app writing every prediction to the audit trail")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
     one = json.dumps({"instances": [np.random.rand(8, 8).round(3).tolist()]})
     many = json.dumps({"instances": np.random.rand(64, 8, 8).round(3).tolist()})
-    names = ["baseline", "ours", *(["ours_deployment"] if args.deployment_hosting else [])]
+    names = ["baseline", "ours", *(["ours_deployment"] if args.deployment_hosting else []),
+             *(["ours_audit_all"] if args.audit else [])]
     runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -198,6 +209,8 @@ def main() -> None:
             "ours": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy, args.worker_niceness),
             "ours_deployment": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy,
                                                     args.worker_niceness, edit=as_deployment_hosting),
+            "ours_audit_all": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy,
+                                                   args.worker_niceness, edit=audit_everything),
         }
         # Rounds in alternating order: this VM's speed drifts by tens of percent between minutes,
         # and a ratio of two back-to-back measurements is what we trust.
@@ -213,10 +226,17 @@ def main() -> None:
               f"{r['many']['rps']:>13.1f} {r['many']['rps'] * 64:>9.0f} {r['many']['p99']:>8.1f} "
               f"{r['one']['errors'] + r['many']['errors']:>7.0f}")
     ours, base = results["ours"], results["baseline"]
+    if args.audit:
+        audited = results["ours_audit_all"]
+        print(f"audit at 100%: {audited['one']['rps'] / ours['one']['rps']:.3f}x single-row req/s, "
+              f"{audited['many']['rps'] / ours['many']['rps']:.3f}x 64-row req/s of the shipped 1% sampling")
     print(f"RESULT rps={ours['one']['rps']:.0f} base_rps={base['one']['rps']:.0f} "
           f"rps_ratio={ours['one']['rps'] / base['one']['rps']:.2f} p99_ms={ours['one']['p99']:.1f} "
           f"rows_per_s={ours['many']['rps'] * 64:.0f} base_rows_per_s={base['many']['rps'] * 64:.0f} "
-          f"rows_ratio={ours['many']['rps'] / base['many']['rps']:.2f}")
+          f"rows_ratio={ours['many']['rps'] / base['many']['rps']:.2f}"
+          + (f" audit_rps_ratio={results['ours_audit_all']['one']['rps'] / ours['one']['rps']:.3f}"
+             f" audit_rows_ratio={results['ours_audit_all']['many']['rps'] / ours['many']['rps']:.3f}"
+             if args.audit else ""))
 
 
 if __name__ == "__main__":
