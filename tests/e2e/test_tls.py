@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 
-def _certificate(subject: str, key, issuer_name, issuer_key, ca: bool = False, ip: str | None = None):
+def _certificate(subject: str, key, issuer_name, issuer_key, ca: bool = False, ips: tuple[str, ...] = ()):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
@@ -39,14 +39,14 @@ def _certificate(subject: str, key, issuer_name, issuer_key, ca: bool = False, i
                .not_valid_before(now - datetime.timedelta(minutes=5))
                .not_valid_after(now + datetime.timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ip:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+    if ips:
+        names = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(ips)]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(issuer_key or key, hashes.SHA256())
 
 
-def write_pki(directory: Path, prefix: str = "") -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 signed by it, and a client certificate."""
+def write_pki(directory: Path, prefix: str = "", ips: tuple[str, ...] = ("127.0.0.1",)) -> dict[str, Path]:
+    """A CA, a server certificate for ``ips`` signed by it, and a client certificate."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -56,7 +56,7 @@ def write_pki(directory: Path, prefix: str = "") -> dict[str, Path]:
 
     ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     ca = _certificate(f"{prefix}test CA", ca_key, None, None, ca=True)
-    server = _certificate("127.0.0.1", server_key, ca.subject, ca_key, ip="127.0.0.1")
+    server = _certificate(ips[0], server_key, ca.subject, ca_key, ips=ips)
     client = _certificate("client", client_key, ca.subject, ca_key)
     files = {"ca": ca, "server": server, "client": client}
     paths = {}
