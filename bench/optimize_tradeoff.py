@@ -5,10 +5,11 @@ fp32, int8 dynamic, int8 static, SavedModel) by the same code as ``python -m opt
 accuracy, top-1 agreement with the Keras parent, size, single-call latency at batch 1 and 64.
 
     flock /tmp/maas-ray.lock .venv/bin/python bench/optimize_tradeoff.py [--repeats 200] [--threads 1]
-        [--epochs 15] [--serve-seconds 10] [--rounds 2]
+        [--epochs 15] [--serve-seconds 10] [--rounds 2] [--default-proxy]
 
 Then served throughput, bench/serve_load.py's method (`serve run` of configs/serve/digits.yaml on a
-Ray of its own, one Ingress replica hosting the model, `wrk -t2 -c32`): the digits MLP's Keras
+Ray of its own with Serve's HAProxy ingress as `make demo` starts it, unless --default-proxy; one
+Ingress replica hosting the model; `wrk -t2 -c32`): the digits MLP's Keras
 version against its ONNX and int8 versions, each pinned with `versions: {specific: [N]}`, single-row
 and 64-row requests, rounds in alternating order. `--serve-seconds 0` skips it (no Ray, no wrk).
 
@@ -113,8 +114,8 @@ def pinned(version: int):
     return edit
 
 
-def serve_throughput(root: str, versions: dict[str, int], seconds: int, rounds: int,
-                     work: Path) -> dict[str, dict[str, dict[str, float]]]:
+def serve_throughput(root: str, versions: dict[str, int], seconds: int, rounds: int, work: Path,
+                     haproxy: bool) -> dict[str, dict[str, dict[str, float]]]:
     """Requests/s per pinned version, bench/serve_load.py's method (rounds in alternating order)."""
     import json
 
@@ -127,7 +128,7 @@ def serve_throughput(root: str, versions: dict[str, int], seconds: int, rounds: 
     for round_number in range(rounds):
         for name in names if round_number % 2 == 0 else names[::-1]:
             start = lambda port, v=versions[name]: serve_load.start_ours(  # noqa: E731
-                root, port, work, haproxy=False, niceness=0, edit=pinned(v))
+                root, port, work, haproxy=haproxy, niceness=0, edit=pinned(v))
             runs[name].append(serve_load.measure(start, one, many, seconds, work))
             print(f"[serve] {name} (v{versions[name]}) round {round_number + 1}: "
                   f"{runs[name][-1]['one']['rps']:.0f} req/s, "
@@ -154,6 +155,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--serve-seconds", type=int, default=10, help="wrk seconds per load; 0: no serving")
     parser.add_argument("--rounds", type=int, default=2, help="served measurements per version (averaged)")
+    parser.add_argument("--default-proxy", action="store_true",
+                        help="Serve's Python proxy instead of HAProxy (about 200 req/s on 2 cores)")
     args = parser.parse_args()
     if args.serve_seconds and not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk (or --serve-seconds 0)")
@@ -174,7 +177,7 @@ def main() -> int:
             published = {row.variant: row.version for row in outcomes["digits_mlp"].rows}
             versions = {"keras": 1, "onnx": published["onnx"], "int8": published["int8-dynamic"]}
             result |= served_summary(serve_throughput(root, versions, args.serve_seconds, args.rounds,
-                                                      Path(work)))
+                                                      Path(work), not args.default_proxy))
     print("\nRESULT " + " ".join(f"{k}={v:.2f}" for k, v in result.items()), flush=True)
     return 0
 
