@@ -116,7 +116,7 @@ class Dataplane:
             self._record(name, "", exc.status, protocol, started)
             self._audit(request, name, "", exc.status, protocol, started, 0, context=None)
             raise
-        response = json_response(respond(result, context))
+        response = json_response(respond(result, context), headers=result.get("lineage"))
         self._record(name, str(result["version"]), response.status_code, protocol, started)
         self._audit(request, name, str(result["version"]), response.status_code, protocol, started,
                     len(result["outputs"]), context)

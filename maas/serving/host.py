@@ -246,7 +246,7 @@ class ModelHost:
             outputs = await self._predict_batch((model, batch))
         finally:
             self.pending -= 1
-        return {"outputs": outputs, "version": model.version}
+        return {"outputs": outputs, "version": model.version, "lineage": model.lineage_headers}
 
     def _note_request(self) -> None:
         now = time.monotonic()

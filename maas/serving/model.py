@@ -101,6 +101,21 @@ class LoadedModel:
 
         return tf.function(call, input_signature=[spec], autograph=False)
 
+    @cached_property
+    def lineage_headers(self) -> dict[str, str]:
+        """What answered, on every prediction response: the model, its version, the run that
+        trained it (or the version an optimised variant was built from), its content hash prefix
+        and the runtime. Computed once per loaded version."""
+        parent = (self.metadata.get("lineage") or {}).get("parent") or {}
+        headers = {"X-Model-Name": self.name, "X-Model-Version": str(self.version),
+                   "X-Model-Hash": str(self.metadata.get("content_hash", "")).removeprefix("sha256:")[:16],
+                   "X-Model-Runtime": self.runtime}
+        if self.metadata.get("run_id"):
+            headers["X-Model-Run"] = str(self.metadata["run_id"])
+        if parent:
+            headers["X-Model-Parent"] = f"{parent.get('name', self.name)}/{parent.get('version')}"
+        return {key: value for key, value in headers.items() if value}
+
     def example_batch(self) -> np.ndarray:
         if self.schema.is_text:
             return np.array([""])

@@ -37,12 +37,20 @@ def test_predictions_equal_the_models_own_output(endpoint, tiny_job) -> None:
     from maas.data import load_dataset
 
     rows = load_dataset(tiny_job.data).x_test[:16]
-    reply = requests.post(f"{endpoint}/v1/models/digits_mlp:predict",
+    reply = requests.post(f"{endpoint}/v1/models/digits_mlp:predict", headers={"X-Request-ID": "req-42"},
                           data=orjson.dumps({"instances": rows.tolist()}), timeout=30)
     assert reply.status_code == 200, reply.text
     served = np.asarray(reply.json()["predictions"])
     expected = np.asarray(_local_model(tiny_job)(rows, training=False))
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-6)
+    # lineage: what answered, on the answer itself; the caller's request id comes back
+    from maas.registry import Registry
+
+    content_hash = Registry(tiny_job.registry.root).get("digits_mlp", 1).content_hash
+    assert reply.headers["X-Model-Name"] == "digits_mlp" and reply.headers["X-Model-Version"] == "1"
+    assert reply.headers["X-Model-Run"] == "it-digits" and reply.headers["X-Model-Runtime"] == "tensorflow"
+    assert content_hash.removeprefix("sha256:").startswith(reply.headers["X-Model-Hash"])
+    assert reply.headers["X-Request-ID"] == "req-42"
 
 
 def test_columnar_inputs_answer_with_outputs(endpoint, tiny_job) -> None:

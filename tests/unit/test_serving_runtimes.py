@@ -114,3 +114,20 @@ def test_a_process_serving_only_onnx_never_imports_tensorflow(registry_root: str
                           capture_output=True, text=True, check=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["tensorflow"] is False and report["keras"] is False and report["shape"] == [4, 10]
+
+
+def test_every_answer_names_what_produced_it(registry_root: str) -> None:
+    registry = Registry(registry_root)
+
+    async def scenario() -> dict:
+        model_host = host(registry_root)
+        await model_host.configure({"versions": {"specific": [1, 2]}})
+        return {v: await model_host.infer(rows(1).tolist(), version=str(v)) for v in (1, 2)}
+
+    answers = asyncio.run(scenario())
+    keras_headers, onnx_headers = answers[1]["lineage"], answers[2]["lineage"]
+    assert keras_headers["X-Model-Name"] == "digits_mlp" and keras_headers["X-Model-Version"] == "1"
+    assert keras_headers["X-Model-Runtime"] == "tensorflow" and "X-Model-Parent" not in keras_headers
+    hash_2 = registry.get("digits_mlp", 2).content_hash.removeprefix("sha256:")
+    assert onnx_headers["X-Model-Hash"] == hash_2[:16] and onnx_headers["X-Model-Runtime"] == "onnxruntime"
+    assert onnx_headers["X-Model-Parent"] == "digits_mlp/1"
