@@ -1,11 +1,14 @@
-"""Training throughput, side by side in one run: the same model, data and global batch as
-(a) plain single-process tf_keras ``fit``, (b) our Ray Train loop with 1 worker x all cores,
-(c) our Ray Train loop with N workers x 1 core. Samples/s are taken after a warm-up epoch.
+"""Training throughput, side by side in one run: the same model, data, global batch and
+``steps_per_execution`` as (a) plain single-process tf_keras ``fit`` on numpy arrays, (b) our Ray
+Train loop with 1 worker x all cores, (c) our Ray Train loop with N workers x 1 core. Samples/s
+are taken after a warm-up epoch; each case runs ``--repeat`` times, interleaved (a, b, c, a, b,
+c, ...), and the ratios are the median of the per-round ratios, with their min-max spread.
 
-    .venv/bin/python bench/train_throughput.py [--quick] [--steps-per-execution 1]
+    .venv/bin/python bench/train_throughput.py [--repeat 3] [--cases mlp_b256,mlp_b1024] [--no-c]
+                                               [--steps-per-execution 8]
 
-Last line: RESULT a_sps=.. b_sps=.. c_sps=.. b_over_a=.. c_over_b=.. startup_s=..
-(the MLP's figures at global batch 256 for a/b, the CNN's c/b, as the issue asks).
+Last line: RESULT <case>_b_over_a=median <case>_b_over_a_spread=min-max ... for every case run,
+plus the medians of a/b/c samples/s and the start-up seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,7 +78,7 @@ from maas.tfkeras import keras
 cfg = validate_config(TrainJobConfig, apply_overrides({}, json.loads(sys.argv[2])))
 splits = load_dataset(cfg.data)
 model = build_model(cfg.model, splits.schema, *feature_stats(splits.x_train))
-compile_model(model, cfg.optimizer)
+compile_model(model, cfg.optimizer, 1, cfg.training.steps_per_execution)
 times = []
 class Timer(keras().callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
@@ -87,9 +91,9 @@ print(json.dumps({"sps": [steps * batch / t for t in times]}))
 """
 
 
-def plain_fit(case: Case, data: Path, epochs: int, work: Path) -> float:
+def plain_fit(case: Case, data: Path, epochs: int, spe: int, work: Path) -> float:
     """(a): a user's own single-process `fit` on numpy arrays, in a fresh process."""
-    overrides = job_overrides(case, data, 1, epochs, 1, work)
+    overrides = job_overrides(case, data, 1, epochs, spe, work)
     out = subprocess.run([sys.executable, "-c", PLAIN, str(REPO), json.dumps(overrides)],
                          capture_output=True, text=True, check=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
@@ -114,41 +118,63 @@ def ray_train(case: Case, data: Path, workers: int, epochs: int, spe: int, work:
     return sps, startup
 
 
+def median_spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def run_round(case: Case, data: Path, args: argparse.Namespace, work: Path, round_: int) -> dict:
+    cores, spe = os.cpu_count(), args.steps_per_execution
+    a = plain_fit(case, data, args.epochs, spe, work)
+    b, startup = ray_train(case, data, 1, args.epochs, spe, work, f"{case.name}-b-{round_}")
+    c = None
+    if not args.no_c:
+        c, _ = ray_train(case, data, cores, args.epochs, spe, work, f"{case.name}-c-{round_}")
+    line = f"{case.name:<10} round {round_}: a={a:.0f} b={b:.0f} b/a={b / a:.2f}"
+    print(line + (f" c={c:.0f} c/b={c / b:.2f}" if c else "") + f" start_b={startup:.1f}s", flush=True)
+    return {"a": a, "b": b, "c": c, "startup": startup}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--steps-per-execution", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="MLP at batch 256 only")
+    parser.add_argument("--steps-per-execution", type=int, default=8,
+                        help="the same on every side (a, b and c)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per case (median, spread)")
+    parser.add_argument("--cases", default="mlp_b256,mlp_b1024",
+                        help=f"comma-separated, of {','.join(c.name for c in CASES)}")
+    parser.add_argument("--no-c", action="store_true", help="skip the N workers x 1 core side")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from maas.raycluster import init_ray
 
     init_ray("local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR",
              log_to_driver=False)
-    cores = os.cpu_count()
-    rows, summary = [], {}
+    cases = [c for c in CASES if c.name in args.cases.split(",")]
+    runs: dict[str, list[dict]] = {c.name: [] for c in cases}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for case in CASES[:1] if args.quick else CASES:
-            data = write_data(case, work)
-            a = plain_fit(case, data, args.epochs, work)
-            b, startup_b = ray_train(case, data, 1, args.epochs, args.steps_per_execution, work,
-                                     f"{case.name}-b")
-            c, startup_c = ray_train(case, data, cores, args.epochs, args.steps_per_execution, work,
-                                     f"{case.name}-c")
-            summary[case.name] = dict(a=a, b=b, c=c, startup=(startup_b + startup_c) / 2)
-            rows.append(f"{case.name:<10} {a:>10.0f} {b:>10.0f} {c:>10.0f} {b / a:>6.2f} {c / b:>6.2f} "
-                        f"{startup_b:>8.1f} {startup_c:>8.1f}")
-            print(rows[-1], flush=True)
-    print(f"\nsteps_per_execution={args.steps_per_execution}, {cores} cores, samples/s after warm-up")
-    print(f"{'case':<10} {'a plain':>10} {'b 1x' + str(cores):>10} {'c ' + str(cores) + 'x1':>10} "
-          f"{'b/a':>6} {'c/b':>6} {'start_b':>8} {'start_c':>8}")
-    print("\n".join(rows))
-    mlp = summary["mlp_b256"]
-    cnn = summary.get("cnn_b256", mlp)
-    print(f"RESULT a_sps={mlp['a']:.0f} b_sps={mlp['b']:.0f} c_sps={mlp['c']:.0f} "
-          f"b_over_a={mlp['b'] / mlp['a']:.2f} c_over_b={cnn['c'] / cnn['b']:.2f} "
-          f"startup_s={mlp['startup']:.1f}")
+        data = {case.name: write_data(case, work) for case in cases}
+        for round_ in range(args.repeat):  # interleaved, so that drift hits every side alike
+            for case in cases:
+                runs[case.name].append(run_round(case, data[case.name], args, work, round_))
+    print(f"\nsteps_per_execution={args.steps_per_execution} on every side, {os.cpu_count()} cores, "
+          f"samples/s after warm-up, median (min-max) of {args.repeat} rounds")
+    fields = []
+    for name, rounds in runs.items():
+        a, b = [r["a"] for r in rounds], [r["b"] for r in rounds]
+        ratio = median_spread([r["b"] / r["a"] for r in rounds])
+        print(f"{name:<10} a={statistics.median(a):.0f} b={statistics.median(b):.0f} "
+              f"b/a={ratio[0]:.2f} ({ratio[1]:.2f}-{ratio[2]:.2f})")
+        fields += [f"{name}_a_sps={statistics.median(a):.0f}", f"{name}_b_sps={statistics.median(b):.0f}",
+                   f"{name}_b_over_a={ratio[0]:.2f}", f"{name}_b_over_a_spread={ratio[1]:.2f}-{ratio[2]:.2f}"]
+        if not args.no_c:
+            c_over_b = median_spread([r["c"] / r["b"] for r in rounds])
+            print(f"{'':<10} c={statistics.median(r['c'] for r in rounds):.0f} "
+                  f"c/b={c_over_b[0]:.2f} ({c_over_b[1]:.2f}-{c_over_b[2]:.2f})")
+            fields += [f"{name}_c_over_b={c_over_b[0]:.2f}"]
+        fields.append(f"{name}_startup_s={statistics.median(r['startup'] for r in rounds):.1f}")
+    print("RESULT " + " ".join([*fields, f"repeat={args.repeat}",
+                                f"steps_per_execution={args.steps_per_execution}"]))
 
 
 if __name__ == "__main__":
