@@ -193,9 +193,11 @@ def _make_dataset_fn(x: np.ndarray, y: np.ndarray, batch: int, seed: int):
 
 
 def _choose_strategy(tf: Any, world: int, use_gpu: bool) -> Any:
-    # One worker has nobody to all-reduce with: MWMS would only add per-step overhead.
+    # One worker has nobody to all-reduce with: no strategy at all (TensorFlow's default one places
+    # ops on the GPU when there is one). MWMS, and even OneDeviceStrategy, cost per step: on the
+    # MLP of bench/train_throughput.py, OneDeviceStrategy's scope alone cost ~11% (docs/keras-on-ray.md).
     if world == 1:
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if use_gpu else "/cpu:0")
+        return tf.distribute.get_strategy()
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
@@ -214,6 +216,8 @@ class WorkerSetup:
 
     @property
     def samples_per_epoch(self) -> int:
+        if self.world == 1:  # Keras' own array feed: every row, the last batch partial
+            return len(self.shard)
         return self.steps * self.cfg.training.batch_size * self.world
 
 
@@ -234,6 +238,8 @@ def setup_worker(loop_config: dict[str, Any]) -> WorkerSetup:
     splits = load_dataset(cfg.data)
     shard = shard_indices(len(splits.x_train), rank, world, cfg.training.seed)
     steps = steps_per_epoch(len(splits.x_train), world, cfg.training.batch_size)
+    if world == 1:  # Keras' array feed keeps the last, partial batch
+        steps = -(-len(shard) // cfg.training.batch_size)
     with _choose_strategy(tf, world, use_gpu).scope():
         start = _restore_or_build(cfg, splits, world)
     return WorkerSetup(cfg, rank, world, loop_config["run_dir"], splits, shard, steps, start)
@@ -255,15 +261,11 @@ def fit_worker(setup: WorkerSetup) -> FitTimes:
     cfg, times = setup.cfg, FitTimes(history=list(setup.start.history))
     if setup.start.epoch >= cfg.training.epochs:
         return times  # a resumed run that had already finished
-    batch = cfg.training.batch_size
-    dataset_fn = _make_dataset_fn(setup.splits.x_train[setup.shard], setup.splits.y_train[setup.shard],
-                                  batch, cfg.training.seed + setup.rank)
     started = time.perf_counter()
     setup.start.model.fit(
-        keras().utils.experimental.DatasetCreator(dataset_fn),
+        **_training_input(setup),
         epochs=cfg.training.epochs,
         initial_epoch=setup.start.epoch,
-        steps_per_epoch=setup.steps,
         validation_data=(_as_model_input(setup.splits.x_val), setup.splits.y_val),
         validation_batch_size=256,
         callbacks=[_make_report_callback(setup, times)],
@@ -271,6 +273,18 @@ def fit_worker(setup: WorkerSetup) -> FitTimes:
     )
     times.fit_s = time.perf_counter() - started
     return times
+
+
+def _training_input(setup: WorkerSetup) -> dict[str, Any]:
+    """``fit``'s data arguments. One worker: the arrays themselves, shuffled each epoch by Keras,
+    whose array feed gathers whole batches (a per-row tf.data pipeline was ~15% slower on the
+    bench's MLP). Several: a DatasetCreator per worker over its own shard, as MWMS needs."""
+    x, y = setup.splits.x_train[setup.shard], setup.splits.y_train[setup.shard]
+    batch = setup.cfg.training.batch_size
+    if setup.world == 1:
+        return {"x": _as_model_input(x), "y": y, "batch_size": batch, "shuffle": True}
+    dataset_fn = _make_dataset_fn(x, y, batch, setup.cfg.training.seed + setup.rank)
+    return {"x": keras().utils.experimental.DatasetCreator(dataset_fn), "steps_per_epoch": setup.steps}
 
 
 def _make_report_callback(setup: WorkerSetup, times: FitTimes) -> Any:
