@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +24,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_ray_head(head: subprocess.Popen, gcs_port: int) -> None:
+    """Stop exactly the `ray start --head --block` a test started (SIGTERM stops its processes,
+    never a broad `ray stop`), then remove Ray's machine-wide record of it: stopped by signal,
+    `ray start` leaves that record behind, and a later `ray.init()` would follow it to nothing."""
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    record = Path("/tmp/ray/ray_current_cluster")
+    try:
+        if record.read_text().strip().endswith(f":{gcs_port}"):
+            record.unlink()
+    except OSError:
+        pass
 
 
 @pytest.fixture

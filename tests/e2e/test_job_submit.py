@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, SteadyLoad, free_port
+from tests.conftest import REPO, SteadyLoad, free_port, stop_ray_head
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -56,24 +55,8 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         _wait_for_dashboard(env, process)
         yield env
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_ray_head(process, gcs_port)
         log.close()
-        _forget_address(gcs_port)
-
-
-def _forget_address(gcs_port: int) -> None:
-    """`ray start` records its address for later `ray.init()` / `serve run` calls to attach to;
-    stopped by signal it leaves the record behind, pointing at nothing. Remove ours only."""
-    record = Path("/tmp/ray/ray_current_cluster")
-    try:
-        if record.read_text().strip().endswith(f":{gcs_port}"):
-            record.unlink()
-    except OSError:
-        pass
 
 
 def _wait_for_dashboard(env: dict[str, str], process: subprocess.Popen) -> None:

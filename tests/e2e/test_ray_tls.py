@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, stop_ray_head
 from tests.e2e.test_tls import write_pki
 
 pytestmark = pytest.mark.e2e
@@ -51,22 +50,8 @@ def tls_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
         _wait_until_joinable(address, env, head, work / "ray.log")
         yield address, env
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_ray_head(head, gcs_port)
         log.close()
-        _forget_address(gcs_port)
-
-
-def _forget_address(gcs_port: int) -> None:
-    record = Path("/tmp/ray/ray_current_cluster")  # as tests/e2e/test_job_submit.py: ours only
-    try:
-        if record.read_text().strip().endswith(f":{gcs_port}"):
-            record.unlink()
-    except OSError:
-        pass
 
 
 def _driver(address: str, env: dict[str, str], timeout: int = 90) -> subprocess.CompletedProcess:
