@@ -51,36 +51,35 @@ def check_resumable(run_uri: str, model_file: str, state_file: str) -> dict[str,
     if checkpoint is None:
         return None
     fs, path = filesystem_for(checkpoint)
-    state = _read(fs, f"{path}/{state_file}", checkpoint)
+    state = _read(fs, path, state_file, checkpoint)
     try:
         parsed = json.loads(state)
         int(parsed["epoch"])
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"cannot resume: {state_file} in the run's latest checkpoint "
                               f"{checkpoint} is damaged (not a training state); {_START_OVER}") from None
-    model = _read(fs, f"{path}/{model_file}", checkpoint)
+    model = _read(fs, path, model_file, checkpoint)
     if not _is_whole_zip(model):
         raise CheckpointError(f"cannot resume: {model_file} in the run's latest checkpoint "
                               f"{checkpoint} is damaged (not a whole Keras archive); {_START_OVER}")
     return parsed
 
 
-def _read(fs: Any, path: str, checkpoint: str) -> bytes:
+def _read(fs: Any, directory: str, name: str, checkpoint: str) -> bytes:
     try:
-        with fs.open_input_stream(path) as stream:
+        with fs.open_input_stream(f"{directory}/{name}") as stream:
             return stream.read()
     except FileNotFoundError:
-        if not _exists(fs, checkpoint):
+        if not _exists(fs, directory):
             problem = f"the run's latest checkpoint {checkpoint} was deleted"
         else:
-            problem = f"{path.rsplit('/', 1)[1]} is missing from the run's latest checkpoint {checkpoint}"
+            problem = f"{name} is missing from the run's latest checkpoint {checkpoint}"
         raise CheckpointError(f"cannot resume: {problem}; {_START_OVER}") from None
 
 
-def _exists(fs: Any, checkpoint: str) -> bool:
+def _exists(fs: Any, path: str) -> bool:
     import pyarrow.fs as pafs
 
-    _, path = filesystem_for(checkpoint)
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
