@@ -26,6 +26,12 @@ from maas.errors import ClusterError
 # itself inside workers, but too late. Shipping it in the runtime env makes it reach every process.
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
+# Ray starts workers at niceness 15 so that its own daemons win the CPU; on a machine a local
+# instance shares with nothing but the user's job that makes the training worker lose to Ray's
+# background processes (measured: ~10% of a 2-core MLP run, docs/keras-on-ray.md). An instance we
+# start ourselves runs its workers at the driver's priority unless RAY_worker_niceness says otherwise.
+LOCAL_WORKER_NICENESS = "0"
+
 # A local GCS that is down refuses at once; this bound only matters for hosts that drop packets.
 CONNECT_TIMEOUT_S = 2.0
 
@@ -202,6 +208,8 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
         print(f"[ray] {target.note}", file=sys.stderr, flush=True)
     if target.found_here:
         _enable_token_auth_like_ray()
+    if target.address == "local":
+        os.environ.setdefault("RAY_worker_niceness", LOCAL_WORKER_NICENESS)
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
     runtime_env = kwargs.pop("runtime_env", None) or {}

@@ -14,8 +14,9 @@ if ray_running; then
   echo "reusing the cluster started earlier (pid $(cat "$RAY_PID_FILE"))"
 else
   # --block keeps `ray start` as the parent of every Ray process: `make down` stops exactly these
-  # by sending it SIGTERM, never touching other Ray clusters on the machine.
-  setsid nohup ray start --head --block --port="$GCS_PORT" --num-cpus="$(nproc)" \
+  # by sending it SIGTERM, never touching other Ray clusters on the machine. Workers run at normal
+  # priority (Ray's default niceness 15 costs the training job ~10% here; docs/keras-on-ray.md).
+  RAY_worker_niceness="${RAY_worker_niceness:-0}" setsid nohup ray start --head --block --port="$GCS_PORT" --num-cpus="$(nproc)" \
     --include-dashboard=true --dashboard-host="$DASHBOARD_HOST" --dashboard-port="$DASHBOARD_PORT" \
     >"$MAAS_HOME/ray.log" 2>&1 < /dev/null &
   echo $! >"$RAY_PID_FILE"

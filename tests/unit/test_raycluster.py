@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from types import SimpleNamespace
 
@@ -106,6 +107,33 @@ def test_answers_checks_a_real_port_quickly() -> None:
         assert answers(f"127.0.0.1:{port}")
     assert not answers(f"127.0.0.1:{port}", timeout_s=1)
     assert not answers("not-an-address")
+
+
+@pytest.mark.parametrize("address, preset, expected", [
+    ("local", None, "0"),        # an instance we start: workers at the driver's priority
+    ("local", "15", "15"),       # the user's own setting wins
+    (LIVE, None, None),          # a cluster we join keeps whatever its own start chose
+])
+def test_a_local_instance_we_start_runs_workers_at_normal_priority(
+        monkeypatch: pytest.MonkeyPatch, address: str, preset: str | None, expected: str | None) -> None:
+    import ray
+
+    from maas import raycluster
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(raycluster, "answers", lambda a, timeout_s=0: a == LIVE)
+    monkeypatch.setattr(raycluster, "_recorded_address", lambda temp_dir: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if preset is None:
+        monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    else:
+        monkeypatch.setenv("RAY_worker_niceness", preset)
+    raycluster.init_ray(address)
+    assert seen["address"] == address
+    assert os.environ.get("RAY_worker_niceness") == expected
+    assert seen["runtime_env"]["env_vars"]["TF_USE_LEGACY_KERAS"] == "1"
 
 
 # ---------------------------------------------------------------------------------------------
