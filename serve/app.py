@@ -18,7 +18,8 @@ from ray import serve
 
 import maas
 from maas.schema import validate_config
-from maas.serving.oip import v2_model_metadata, v2_response
+from maas.serving.oip import V2Reply, v2_model_metadata, v2_response
+from maas.serving.oip_binary import BinaryBody, binary_outputs
 from maas.serving.settings import (
     INGRESS,
     ModelEndpoint,
@@ -108,7 +109,8 @@ class Ingress(Dataplane):
 
     @http.get("/v2")
     async def v2_server(self) -> Response:
-        return json_response({"name": "maas", "version": maas.__version__, "extensions": []})
+        return json_response({"name": "maas", "version": maas.__version__,
+                              "extensions": ["binary_tensor_data"]})
 
     @http.get("/v2/health/live")
     async def v2_live(self) -> Response:
@@ -147,8 +149,9 @@ class Ingress(Dataplane):
         return await self._v2(request, name, version)
 
     async def _v2(self, request: Request, name: str, version: str | None) -> Response:
-        def respond(result: dict, request_id: object) -> dict:
-            return v2_response(name, result["version"], result["outputs"], request_id)
+        def respond(result: dict, reply: V2Reply) -> dict | BinaryBody:
+            body = v2_response(name, result["version"], result["outputs"], reply.request_id)
+            return binary_outputs(body, reply.binary) if reply.binary else body
 
         return await self._predict(request, name, "v2", respond, version=version)
 

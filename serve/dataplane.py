@@ -21,16 +21,19 @@ from maas.errors import MaasError, OverloadError, RequestError, raise_if_error
 from maas.serving.auth import KeyChecker, claimed_key_id
 from maas.serving.host import ModelHost
 from maas.serving.metrics import CountBuffer
+from maas.serving.oip import V2Reply, v2_reply_options
+from maas.serving.oip_binary import INFERENCE_HEADER, BinaryBody, read_v2_body
 from maas.serving.protocol import ApiProtocol
 from maas.serving.settings import ServeAppConfig
 from maas.serving.tfserving import extract_rows
 from serve.deployments import model_call_metrics
-from serve.http import json_response
+from serve.http import binary_response, json_response
 
 logger = logging.getLogger("ray.serve")
 
-# respond(result, context) -> the protocol's response body; context: the v1 format or the v2 id
-Respond = Callable[[dict[str, Any], Any], dict[str, Any]]
+# respond(result, context) -> the protocol's response body (JSON, or binary tensor data framed after
+# a JSON header); context: the v1 format, or the v2 request's id and binary outputs (``V2Reply``)
+Respond = Callable[[dict[str, Any], Any], dict[str, Any] | BinaryBody]
 
 
 class DeploymentModel:
@@ -88,7 +91,11 @@ class Dataplane:
             raise RequestError(f"model '{name}' is not served here (served models: {served})", status=404)
         return self.models[name]
 
-    async def _read_json(self, request: Request) -> Any:
+    async def _read_body(self, request: Request) -> bytes:
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise RequestError(f"request bodies compressed with Content-Encoding {encoding!r} are not "
+                               f"accepted; send the body uncompressed", status=415)
         declared = request.headers.get("content-length")
         limit = self.config.max_body_bytes
         if declared and declared.isdigit() and int(declared) > limit:
@@ -97,6 +104,10 @@ class Dataplane:
         if len(body) > limit:
             raise RequestError(f"request body of {len(body)} bytes is over the {limit}-byte limit",
                                status=413)
+        return body
+
+    async def _read_json(self, request: Request) -> Any:
+        body = await self._read_body(request)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -116,7 +127,11 @@ class Dataplane:
             self._record(name, "", exc.status, protocol, started)
             self._audit(request, name, "", exc.status, protocol, started, 0, context=None)
             raise
-        response = json_response(respond(result, context), headers=result.get("lineage"))
+        body = respond(result, context)
+        if isinstance(body, BinaryBody):
+            response = binary_response(body.header, body.data, headers=result.get("lineage"))
+        else:
+            response = json_response(body, headers=result.get("lineage"))
         self._record(name, str(result["version"]), response.status_code, protocol, started)
         self._audit(request, name, str(result["version"]), response.status_code, protocol, started,
                     len(result["outputs"]), context)
@@ -129,8 +144,9 @@ class Dataplane:
         rate = self.config.audit_error_rate if status >= 400 else self.config.audit_sample_rate
         if rate <= 0 or (rate < 1 and random.random() >= rate):
             return
+        v2_id = context.request_id if isinstance(context, V2Reply) else None
         request_id = request.headers.get("x-request-id") or (
-            context if protocol == "v2" and isinstance(context, str) else uuid.uuid4().hex)
+            v2_id if isinstance(v2_id, str) else uuid.uuid4().hex)
         self.audit_entries.append({
             "action": "prediction", "request_id": request_id,
             "key_id": self._key_id(request), "model": name, "version": version,
@@ -149,11 +165,12 @@ class Dataplane:
                      label: str | None) -> tuple[dict[str, Any], Any]:
         request.state.key_id = self.keys.authorize(request.headers, name)
         model = self._model(name)
-        payload = await self._read_json(request)
         if protocol == "v1":
-            rows, context = extract_rows(payload)
-        else:  # the host parses the tensor against the version's own schema
-            rows, context = payload, payload.get("id") if isinstance(payload, dict) else None
+            rows, context = extract_rows(await self._read_json(request))
+        else:  # framed here (JSON, or JSON + binary tensor data); the host parses the tensors
+            # against the version's own schema
+            rows = read_v2_body(await self._read_body(request), request.headers.get(INFERENCE_HEADER))
+            context = v2_reply_options(rows)
         return raise_if_error(await model.infer(rows, protocol, version, label)), context
 
     def _record(self, name: str, version: str, status: int, protocol: ApiProtocol, started: float) -> None:

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from maas.errors import MaasError, OverloadError
+from maas.serving.oip_binary import BINARY_MEDIA_TYPE, INFERENCE_HEADER
 
 http = FastAPI(title="maas model server",
                description="TensorFlow Serving REST (/v1) and Open Inference Protocol (/v2) over Ray Serve")
@@ -21,6 +22,13 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     # orjson: numpy-aware and several times faster than the standard json module
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
                     media_type="application/json", headers=headers)
+
+
+def binary_response(header: bytes, data: bytes, headers: dict[str, str] | None = None) -> Response:
+    """A v2 answer with binary tensor data: the JSON header, then the tensors' bytes; its length
+    in ``Inference-Header-Content-Length``, as Triton answers (``maas.serving.oip_binary``)."""
+    return Response(header + data, media_type=BINARY_MEDIA_TYPE,
+                    headers={**(headers or {}), INFERENCE_HEADER: str(len(header))})
 
 
 def error_response(message: str, status: int, retry_after_s: float | None = None) -> Response:

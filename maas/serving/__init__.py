@@ -9,6 +9,8 @@ auth.py        API keys on predict
 inputs.py      a request's rows checked against a version's schema -> one float32 (or string) batch
 tfserving.py   TensorFlow Serving REST (v1): the request envelope, response, status and metadata
 oip.py         Open Inference Protocol (v2): tensors in, tensors out, model metadata
+oip_binary.py  its binary tensor data extension (Triton's, ``tritonclient``'s default): a JSON
+               header, then raw tensor bytes, in requests and answers
 model.py       one loaded version: the traced graph call, warm-up, status
 batching.py    one model call per version for a batch of requests
 host.py        ``ModelHost``: one model's versions in one replica (swaps, polling, batching,
@@ -21,12 +23,19 @@ Where a request is parsed, once:
 1. The HTTP ingress (``serve/``) reads the body (size limit, JSON), checks the API key, and for
    v1 takes the rows out of the TF Serving envelope (``instances`` / ``inputs``): the envelope
    is the same for every model, and the ingress needs its format (row or columnar) to shape the
-   answer. A v2 body goes on whole.
+   answer. A v2 body goes on whole: its JSON, or, with binary tensor data
+   (``Inference-Header-Content-Length``), a ``oip_binary.BinaryV2Request``: the JSON header and
+   each binary input's bytes, cut apart here once their sizes are checked against the body. It
+   crosses a Serve handle as plain bytes (no tensor is decoded in the ingress); the ingress also
+   reads which outputs the answer should carry as binary (``oip.v2_reply_options``).
 2. The model's host, which knows each served version's schema, picks the version the request
-   asks for, then parses v2 tensors (``oip.parse_v2_inputs``) and checks the rows against that
-   version's schema (``inputs.to_batch``). So a request is validated against the very model that
+   asks for, then parses v2 tensors (``oip.parse_v2_inputs``; binary ones decoded from their
+   bytes, ``oip_binary.decode_binary_tensor``) and checks the rows against that version's schema
+   (``inputs.to_batch``). So a request is validated against the very model that
    answers it, even when a swap happens while it waits, and a model hosted in its own deployment
    costs one handle call per request, not two.
+3. The ingress shapes the answer: JSON, or for v2 the outputs asked for as binary after a JSON
+   header (``oip_binary.binary_outputs``, ``application/octet-stream``).
 
 Errors a user causes are ``maas.errors`` kinds; where they cross a Serve handle they travel as
 ``maas.errors.ErrorReply`` data, and the ingress's one exception handler turns them into

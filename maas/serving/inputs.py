@@ -13,23 +13,29 @@ from maas.errors import RequestError
 
 
 def to_batch(rows: Any, schema: DataSchema, max_rows: int) -> np.ndarray:
-    """Validate a request's rows against the schema; return float32 [n, *input_shape]."""
-    if not isinstance(rows, list):
+    """Validate a request's rows against the schema; return float32 [n, *input_shape]. ``rows``:
+    a list of rows, or an array of them (a v2 tensor sent as binary data, already typed)."""
+    if not isinstance(rows, (list, np.ndarray)):
         raise RequestError(f"instances must be a list of rows, got {type(rows).__name__}")
-    if not rows:
+    if not len(rows):
         raise RequestError("instances is empty: send at least one row")
     if len(rows) > max_rows:
         raise RequestError(f"{len(rows)} rows in one request; at most {max_rows} are accepted", status=413)
-    rows = [_unwrap_named(row) for row in rows]
-    if schema.is_text:
-        return _text_batch(rows)
     expected = list(schema.input_shape)
-    try:
-        parsed = np.asarray(rows)  # dtype inferred: strings, booleans and ragged rows show up in it
-    except (ValueError, TypeError):
-        raise RequestError(_shape_message(rows, expected)) from None
-    if parsed.dtype.kind not in "iuf":
-        raise RequestError(_shape_message(rows, expected))
+    if isinstance(rows, np.ndarray):
+        parsed = rows
+        if schema.is_text or parsed.dtype.kind not in "iuf":
+            raise RequestError(f"rows of {parsed.dtype} do not fit this model's input")
+    else:
+        rows = [_unwrap_named(row) for row in rows]
+        if schema.is_text:
+            return _text_batch(rows)
+        try:
+            parsed = np.asarray(rows)  # dtype inferred: strings, booleans and ragged rows show up in it
+        except (ValueError, TypeError):
+            raise RequestError(_shape_message(rows, expected)) from None
+        if parsed.dtype.kind not in "iuf":
+            raise RequestError(_shape_message(rows, expected))
     batch = parsed.astype(np.float32, copy=False)
     if list(batch.shape[1:]) != expected:
         if batch.ndim == 2 and [batch.shape[1]] != expected and len(expected) == 1:
