@@ -222,8 +222,23 @@ def show_version(entry: ModelVersion) -> str:
     if matrix:
         classes = (meta.get("schema") or {}).get("classes") or list(range(len(matrix)))
         lines += ["", "confusion matrix (rows: true class, columns: predicted)", *_grid(matrix, classes)]
-    lines += ["", f"uri: {entry.uri}", "all metadata: add --json"]
+    lines += [*_saved_model_lines(meta), "", f"uri: {entry.uri}", "all metadata: add --json"]
     return "\n".join(lines)
+
+
+def _saved_model_lines(meta: dict[str, Any]) -> list[str]:
+    """Where TensorFlow Serving finds this version's SavedModel, and whose model it is."""
+    saved = meta.get("saved_model")
+    if not isinstance(saved, dict):
+        return ["", "saved model: none (published before versions carried one)"]
+    inputs = ", ".join(f"{name} {spec.get('dtype')} {spec.get('shape')}"
+                       for name, spec in (saved.get("inputs") or {}).items())
+    whose = (f"its parent version {saved.get('parent_version')}'s float model"
+             if saved.get("of") == "parent" else "this version's model")
+    encrypted = "; encrypted at rest: TF Serving cannot read it in place" if "encryption" in meta else ""
+    return ["", "saved model (TensorFlow Serving layout)",
+            f"  dir {saved.get('dir')}  signature {saved.get('signature')}  method {saved.get('method')}",
+            f"  inputs {inputs}", f"  {whose}{encrypted}"]
 
 
 def _number(value: Any) -> str:

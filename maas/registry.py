@@ -2,8 +2,10 @@
 
 A version directory holds the model file(s) and ``metadata.json``. Publishing is atomic:
 
-* on a local filesystem, files are staged under ``<root>/<name>/.staging/`` and the finished
-  directory is renamed into place, so a version appears whole or not at all;
+* on a local filesystem, files are staged under ``<root>/<name>/.staging/``, the next number is
+  claimed under ``<root>/<name>/.claims/`` and the finished directory is renamed into place, so a
+  numbered directory appears whole or not at all (TensorFlow Serving, which reads every numbered
+  directory, never meets an empty or half-written one);
 * on object stores (``s3://``, ``gs://``), where rename is a copy, ``metadata.json`` is written
   last and is the commit marker: a version without it is invisible to readers.
 
@@ -36,6 +38,7 @@ from maas.storage import absolute, is_uri
 METADATA_FILE = "metadata.json"
 SERVED_FILE = "served.json"  # <root>/<name>/served.json: versions that loaded in a replica, newest first
 STAGING_DIR = ".staging"
+CLAIMS_DIR = ".claims"  # <root>/<name>/.claims/<n>: a number taken by a publisher (an empty directory)
 STALE_STAGING_S = 24 * 3600  # a staging directory this old belongs to a publisher that died
 NAME_PATTERN = re.compile(MODEL_NAME_PATTERN)
 
@@ -142,9 +145,10 @@ class Registry:
         numbers = self._numbered_dirs(name)
         return sorted(v for v in numbers if self._exists(self._path(name, str(v), METADATA_FILE)))
 
-    def _numbered_dirs(self, name: str) -> list[int]:
-        """Every numeric directory, committed or not (a crashed publish leaves one behind)."""
-        base = self._path(name)
+    def _numbered_dirs(self, name: str, under: str | None = None) -> list[int]:
+        """Every numeric directory, committed or not (an object-store upload that never committed,
+        a claim of a local publisher that died, an empty claim left by an older registry)."""
+        base = self._path(name, under) if under else self._path(name)
         if not self._exists(base):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(base))
@@ -152,7 +156,8 @@ class Registry:
                 if i.type == pafs.FileType.Directory and i.base_name.isdigit()]
 
     def _next_number(self, name: str) -> int:
-        return max(self._numbered_dirs(name), default=0) + 1
+        taken = self._numbered_dirs(name) + (self._numbered_dirs(name, CLAIMS_DIR) if self.local else [])
+        return max(taken, default=0) + 1
 
     def get(self, name: str, version: int | str | None = None) -> ModelVersion:
         """``version``: a number, ``"latest"`` / None, or a label stored in metadata."""
@@ -294,14 +299,15 @@ class Registry:
                             f"({exc.strerror or exc} at {where}); nothing was published")
 
     def _publish_local(self, name: str, files: dict[str, bytes], metadata: dict[str, Any]) -> ModelVersion:
-        """Stage every file (synced to disk), then claim the next number and rename the staged
-        directory onto the claim. A publisher killed at any step leaves nothing a reader sees: a
-        staging directory (removed by a later publish once it is a day old) or an empty claimed
-        number (skipped: ``versions`` needs a ``metadata.json``)."""
+        """Stage every file (synced to disk), then claim the next number (``.claims/<n>``) and rename
+        the staged directory to ``<n>``. A publisher killed at any step leaves nothing a reader
+        sees: a staging directory (removed by a later publish once it is a day old) or a claim
+        (an empty directory under ``.claims/``: the number is skipped, never reused)."""
         base = Path(self._path(name))
         self._remove_stale_staging(base / STAGING_DIR)
         staging = base / STAGING_DIR / uuid.uuid4().hex
         staging.mkdir(parents=True)
+        (base / CLAIMS_DIR).mkdir(exist_ok=True)
         try:
             for rel_path, content in files.items():
                 _write_synced(staging / rel_path, content)
@@ -309,7 +315,7 @@ class Registry:
                 version = self._next_number(name)
                 signed = self._signed({**metadata, "version": version})
                 _write_synced(staging / METADATA_FILE, json.dumps(signed, indent=2).encode())
-                if self._claim(base / str(version)):
+                if self._claim(base / CLAIMS_DIR / str(version)):
                     break
             self._commit(staging, base / str(version))
         finally:
@@ -318,7 +324,8 @@ class Registry:
 
     @staticmethod
     def _claim(target: Path) -> bool:
-        """Take a version number: mkdir is atomic, so two publishers never get the same one."""
+        """Take a version number: mkdir is atomic, so two publishers never get the same one. The
+        claim lives outside the numbered directories, so none of them is ever empty."""
         try:
             target.mkdir()
         except FileExistsError:
@@ -327,7 +334,7 @@ class Registry:
 
     @staticmethod
     def _commit(staging: Path, target: Path) -> None:
-        os.replace(staging, target)  # atomic swap of the empty claim for the full directory
+        os.replace(staging, target)  # atomic: the numbered directory appears with every file in it
         _sync_directory(target.parent)
 
     @staticmethod

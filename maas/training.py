@@ -595,21 +595,37 @@ class PublishRequest:
 
 
 def publish_model(request: PublishRequest) -> Any:
-    """Register a checkpoint's model with its report files (learning curve, confusion matrix)."""
+    """Register a checkpoint's model with its report files (learning curve, confusion matrix)
+    and a SavedModel in the TensorFlow Serving layout beside ``model.keras`` (checked against it)."""
+    from maas.artifacts.savedmodel import METADATA_KEY, write_files
     from maas.registry import Registry
     from maas.reports import write_learning_curve
 
     with tempfile.TemporaryDirectory() as staged:
-        Path(staged, MODEL_FILE).write_bytes(Path(request.checkpoint_dir, MODEL_FILE).read_bytes())
+        keras_bytes = Path(request.checkpoint_dir, MODEL_FILE).read_bytes()
+        Path(staged, MODEL_FILE).write_bytes(keras_bytes)
+        saved_model = export_saved_model(keras_bytes, request.splits,
+                                         f"model '{request.cfg.registry.model_name}' run {request.run_name}")
+        write_files(saved_model.files, staged)
         write_learning_curve(request.history, Path(staged, "learning_curve.png"),
                              title=request.run_name)
         Path(staged, "confusion_matrix.json").write_text(json.dumps(
             {"classes": request.splits.schema.classes,
              "rows_true_columns_predicted": request.confusion}))
         Path(staged, "history.json").write_text(json.dumps(request.history))
-        metadata = {**_version_metadata(request), **request.extra}
+        metadata = {**_version_metadata(request), METADATA_KEY: saved_model.block, **request.extra}
         return Registry(request.cfg.registry.root).publish(request.cfg.registry.model_name, staged,
                                                            metadata)
+
+
+def export_saved_model(keras_bytes: bytes, splits: Splits, what: str) -> Any:
+    """The SavedModel of a ``.keras`` file (checked against the allow-list first, like any model
+    file read back), compared with Keras on the first validation rows (``maas.artifacts.savedmodel``)."""
+    from maas.artifacts.keras_loader import load_keras_bytes
+    from maas.artifacts.savedmodel import CHECK_ROWS, export_checked
+
+    model = load_keras_bytes(keras_bytes, MODEL_FILE, what)
+    return export_checked(model, splits.x_val[:CHECK_ROWS], what)
 
 
 def _version_metadata(request: PublishRequest) -> dict[str, Any]:

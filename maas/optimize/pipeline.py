@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from maas.artifacts.savedmodel import METADATA_KEY as SAVED_MODEL_KEY
+from maas.artifacts.savedmodel import METHOD, SAVED_MODEL_FILE, SIGNATURE, export_checked
 from maas.data import Splits
 from maas.errors import MaasError, ModelError
 from maas.optimize.evaluate import KerasPredictor, Predictor, limit_tensorflow_threads, measure, top1
@@ -39,6 +41,7 @@ class Built:
     predictor: Predictor
     size_bytes: int
     checks: dict[str, float] = field(default_factory=dict)
+    saved_model: dict[str, Any] | None = None  # metadata["saved_model"], when the variant is one
 
 
 @dataclass
@@ -95,8 +98,24 @@ def _build_and_publish(registry: Registry, parent: Parent, splits: Splits, varia
         raise ModelError(f"{parent.what}: variant '{variant.display_name}' agrees with the parent on "
                          f"{figures['top1_agreement']:.2%} of the test split, below min_agreement "
                          f"{minimum:.2%}; it is not registered")
-    metadata = variant_metadata(parent, variant, recipe, built, figures, parent_figures)
-    return publish_variant(registry, parent, built.files, metadata, variant.labels), figures
+    files, metadata = built.files, variant_metadata(parent, variant, recipe, built, figures, parent_figures)
+    if built.saved_model is not None:  # the savedmodel kind: its own export
+        metadata[SAVED_MODEL_KEY] = built.saved_model
+    else:  # ONNX, int8, TFLite: TF Serving finds the parent's float SavedModel in the version
+        saved_files, metadata[SAVED_MODEL_KEY] = parent_saved_model(parent, splits)
+        files = {**files, **saved_files}
+    return publish_variant(registry, parent, files, metadata, variant.labels), figures
+
+
+def parent_saved_model(parent: Parent, splits: Splits) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The parent's float SavedModel for a variant that cannot be one (docs/optimize.md, "TensorFlow
+    Serving"): a copy of the parent's own files, or (a parent published before every version
+    carried one) exported from it once and checked on the validation split. Marked ``of: parent``."""
+    if SAVED_MODEL_FILE not in parent.saved_model or parent.saved_model_block is None:
+        export = export_checked(parent.model, splits.x_val, parent.what)  # once per run
+        parent.saved_model, parent.saved_model_block = export.files, export.block
+    block = {**parent.saved_model_block, "of": "parent", "parent_version": parent.version.version}
+    return dict(parent.saved_model), block
 
 
 def build_variant(variant: Variant, parent: Parent, splits: Splits, threads: int = 1) -> Built:
@@ -143,21 +162,16 @@ def _onnx_artifact(predictor: OnnxPredictor, opset: int, quantization: str | Non
 
 
 def _savedmodel(variant: SavedModelVariant, parent: Parent, splits: Splits) -> Built:
-    from maas.optimize.onnx_export import check_tolerance, keras_predict, max_abs_diff
-    from maas.optimize.savedmodel import METHOD, SIGNATURE, export_savedmodel, load_savedmodel
-    with tempfile.TemporaryDirectory(prefix="maas-savedmodel-") as work:
-        export_savedmodel(parent.model, work)
-        predictor = load_savedmodel(work)
-        files = _read_files(Path(work))
-    x_val = splits.x_val if parent.schema.is_text else np.asarray(splits.x_val, np.float32)
-    diff = max_abs_diff(keras_predict(parent.model, x_val), predictor.predict(x_val))
-    check_tolerance(diff, variant.tolerance, parent.what)
-    size = sum(len(content) for content in files.values())
+    """Every version carries a SavedModel since publishing writes one; this kind re-exports the
+    parent and checks the signature against Keras on the whole validation split with the recipe's
+    tolerance (and gives versions published before that a SavedModel of their own)."""
+    export = export_checked(parent.model, splits.x_val, parent.what, variant.tolerance)
+    size = sum(len(content) for content in export.files.values())
     artifact = {"format": "savedmodel", "file": KERAS_FILE, "runtime": "tensorflow",
                 "saved_model_dir": ".", "signature": SIGNATURE, "method": METHOD,
-                "input": predictor.input_name, "output": predictor.output_name}
-    return Built({**files, KERAS_FILE: parent.keras_bytes}, artifact, predictor, size,
-                 {"max_abs_diff": diff})
+                "input": export.predictor.input_name, "output": export.predictor.output_name}
+    return Built({**export.files, KERAS_FILE: parent.keras_bytes}, artifact, export.predictor, size,
+                 {"max_abs_diff": export.max_abs_diff}, saved_model=export.block)
 
 
 def _tflite(variant: TfLiteVariant, parent: Parent, splits: Splits, threads: int) -> Built:
@@ -227,10 +241,6 @@ def publish_variant(registry: Registry, parent: Parent, files: dict[str, bytes],
             Path(staged, rel).write_bytes(content)
         published = registry.publish(parent.version.name, staged, metadata)
     return registry.set_labels(published.name, published.version, labels) if labels else published
-
-
-def _read_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _test_rows(splits: Splits) -> np.ndarray:

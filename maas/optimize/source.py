@@ -3,7 +3,7 @@ re-created exactly as training made them (same data config, same seed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from maas.data import DataSchema, Splits
@@ -19,6 +19,10 @@ class Parent:
     model: Any  # tf_keras.Model
     schema: DataSchema
     keras_bytes: bytes
+    # its SavedModel files (relative path -> verified, decrypted bytes) when it carries one: every
+    # version published since SavedModels are written at publish does (metadata["saved_model"])
+    saved_model: dict[str, bytes] = field(default_factory=dict)
+    saved_model_block: dict[str, Any] | None = None  # its metadata["saved_model"]
 
     @property
     def what(self) -> str:
@@ -37,6 +41,7 @@ def load_parent(registry: Registry, name: str, version: str | None) -> Parent:
     """Resolve, verify (signature with ``$MAAS_VERIFY_KEY`` if set, content hash), decrypt in
     memory, check the Keras archive against the allow-list and load it."""
     from maas.artifacts.keras_loader import load_keras_bytes
+    from maas.artifacts.savedmodel import METADATA_KEY, files_of
     from maas.artifacts.signing import Verifier
 
     entry = registry.get(name, version)
@@ -52,7 +57,8 @@ def load_parent(registry: Registry, name: str, version: str | None) -> Parent:
 
         files = decrypt_files(files, entry.metadata["encryption"], MasterKey.from_env(), what)
     model = load_keras_bytes(files[filename], filename, what)
-    return Parent(entry, model, DataSchema.from_dict(entry.metadata["schema"]), files[filename])
+    return Parent(entry, model, DataSchema.from_dict(entry.metadata["schema"]), files[filename],
+                  files_of(entry.metadata, files), entry.metadata.get(METADATA_KEY))
 
 
 def recreate_splits(parent: Parent) -> Splits:

@@ -26,6 +26,8 @@ from tests.conftest import REPO
 
 IMAGE = DataSchema(input_shape=(8, 8), classes=list(range(10)), source="test-images")
 FAST_EVALUATION = {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1}
+PARENT_SAVED_MODEL = {"saved_model.pb", "fingerprint.pb", "variables/variables.index",
+                      "variables/variables.data-00000-of-00001"}
 
 
 def _rows(n: int = 40) -> np.ndarray:
@@ -148,7 +150,8 @@ def test_each_variant_is_a_new_version_with_parent_and_tradeoff(digits_registry:
     assert {"latency_ms_batch1", "latency_ms_batch8", "size_bytes", "test_accuracy"} <= set(meta["metrics"])
     assert meta["optimization"]["variant"]["kind"] == "onnx"
     assert meta["lineage"]["parent"]["version"] == 1 and meta["schema"]["input_shape"] == [8, 8]
-    assert set(meta["files"]) == {"model.onnx"}
+    # and the parent's float SavedModel, for TensorFlow Serving (tests/unit/test_savedmodel_layout.py)
+    assert set(meta["files"]) == {"model.onnx", *PARENT_SAVED_MODEL}
 
 
 def test_int8_is_smaller_and_agrees(digits_registry: str, outcome) -> None:
@@ -165,10 +168,31 @@ def test_int8_is_smaller_and_agrees(digits_registry: str, outcome) -> None:
 
 def test_tflite_is_registered_for_download_not_serving(digits_registry: str, outcome) -> None:
     entry = Registry(digits_registry).get("digits_mlp", 6)
-    assert set(entry.metadata["files"]) == {"model.tflite"} and entry.metadata["format"] == "model.tflite"
+    assert set(entry.metadata["files"]) == {"model.tflite", *PARENT_SAVED_MODEL}
+    assert entry.metadata["format"] == "model.tflite"
     assert entry.metadata["artifact"] == {"format": "tflite", "file": "model.tflite", "runtime": "tflite",
                                           "served": False, "quantization": "int8"}
     assert entry.metadata["metrics"]["top1_agreement"] >= 0.95
+
+
+def test_a_parent_without_a_savedmodel_is_exported_once_for_all_its_variants(digits_registry: str,
+                                                                            outcome) -> None:
+    """Version 1 here was registered with model.keras alone (as versions were before publishing
+    wrote a SavedModel): the ONNX, int8 and TFLite versions carry one export of it, marked as the
+    parent's; the savedmodel variant carries its own."""
+    registry = Registry(digits_registry)
+    assert "saved_model" not in registry.get("digits_mlp", 1).metadata
+    contents = set()
+    for version in (2, 3, 4, 6):
+        entry = registry.get("digits_mlp", version)
+        saved = entry.metadata["saved_model"]
+        assert saved["of"] == "parent" and saved["parent_version"] == 1 and saved["max_abs_diff"] <= 1e-4
+        assert set(saved["files"]) == PARENT_SAVED_MODEL
+        contents.add(Path(entry.uri, "variables/variables.data-00000-of-00001").read_bytes())
+    assert len(contents) == 1  # one export, copied
+    own = registry.get("digits_mlp", 5).metadata["saved_model"]
+    assert own["of"] == "this version" and "parent_version" not in own
+    assert own["method"] == "tensorflow/serving/predict" and own["input"] == "inputs"
 
 
 def test_tflite_fp16_matches_keras_closely() -> None:

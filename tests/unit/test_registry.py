@@ -92,6 +92,28 @@ def test_publish_failure_midway_cleans_staging(tmp_path: Path, registry_root: st
     assert list(Path(registry_root, "m", ".staging").iterdir()) == []
 
 
+def test_a_numbered_directory_is_never_empty_for_tf_serving(tmp_path: Path, registry_root: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorFlow Serving loads every numbered directory it sees (the highest by default): the
+    number a publisher claims lives under .claims/, so one killed between claim and rename leaves
+    no empty numbered directory behind, and its number is skipped."""
+    registry = Registry(registry_root)
+    registry.publish("m", _model_dir(tmp_path), {})
+
+    def killed(*args, **kwargs):
+        raise OSError("killed between claim and rename")
+
+    monkeypatch.setattr("maas.registry.os.replace", killed)
+    with pytest.raises(StorageError):
+        registry.publish("m", _model_dir(tmp_path, b"lost"), {})
+    monkeypatch.undo()
+    base = Path(registry_root, "m")
+    assert sorted(p.name for p in base.iterdir() if p.name.isdigit()) == ["1"]
+    assert (base / ".claims" / "2").is_dir()
+    assert registry.publish("m", _model_dir(tmp_path, b"next"), {}).version == 3
+    assert all(any(p.iterdir()) for p in base.iterdir() if p.name.isdigit())
+
+
 def test_concurrent_publishers_get_distinct_versions(tmp_path: Path, registry_root: str) -> None:
     registry = Registry(registry_root)
     sources = [_model_dir(tmp_path, str(i).encode()) for i in range(6)]
