@@ -148,6 +148,24 @@ print(response.SerializeToString().hex())
 """
 
 
+def test_a_text_model_takes_strings_with_its_tokeniser_inside(tmp_path) -> None:
+    from maas.config import load_config
+    from maas.models import build_model
+    from maas.tfkeras import save_model
+
+    cfg = load_config(REPO / "configs/train/reviews_text.yaml", [f"registry.root={tmp_path / 'registry'}"])
+    splits = load_dataset(cfg.data)
+    model = build_model(cfg.model, splits.schema, None, None, splits.x_train)
+    save_model(model, str(tmp_path / MODEL_FILE))
+    version = publish_model(PublishRequest(
+        cfg=cfg, splits=splits, run_name="text", checkpoint_dir=tmp_path, checkpoint_uri=str(tmp_path),
+        metrics={}, history=[{"epoch": 1, "loss": 0.7}], confusion=None))
+    assert version.metadata["saved_model"]["inputs"] == {"inputs": {"dtype": "string", "shape": [-1]}}
+    reviews = np.array([str(text).encode() for text in splits.x_test[:4]], dtype=object)
+    (output,) = answer_predict_request(Path(version.uri), reviews, cfg.registry.model_name).values()
+    np.testing.assert_allclose(output, keras_outputs(Path(version.uri), splits.x_test[:4]), atol=1e-5)
+
+
 def test_the_savedmodel_is_under_the_content_hash_and_the_signature(trained, tmp_path, monkeypatch) -> None:
     from maas.artifacts.signing import Verifier, generate_keys
 
