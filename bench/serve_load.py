@@ -1,19 +1,33 @@
-"""Serving throughput, side by side in one run on the same model: our Serve app (as deployed from
-configs/serve/digits.yaml: the model hosted in the ingress, one replica) against the server a user
-would otherwise write: one FastAPI + uvicorn process calling the model directly. Load: `wrk`
-(apt-get install wrk), 32 connections, single-row then 64-row TF Serving requests.
+"""Serving throughput against the real competition, side by side in one run on the same model and
+load: our Serve app as `make demo` ships it (configs/serve/digits.yaml: the model hosted in the
+ingress, one replica, on a Ray started with Serve's HAProxy direct ingress,
+RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_ENABLE_HA_PROXY=1, and RAY_worker_niceness=0) against
+  * baseline: the naive server, one FastAPI + uvicorn process, eager model call, stdlib json;
+  * tuned_fastapi: the careful one (bench/peers/tuned_fastapi.py): uvicorn --workers 2 (one per
+    core), uvloop/httptools, orjson, the model as one tf.function with an input signature traced at
+    start, one TF intra/inter-op thread per worker;
+  * kserve: KServe's model server (bench/peers/kserve_digits.py): a custom kserve.Model calling the
+    same traced tf.function, --workers 2, bound to 127.0.0.1, per-request logging off, in its own
+    virtual environment (made on first use under ~/.cache/maas-bench/kserve-venv: kserve pins
+    python-dateutil and protobuf apart from this project).
+Load: `wrk` (apt-get install wrk) -t2 -c32, single-row then 64-row TF Serving REST `:predict`
+requests; rounds in alternating order; every server's predictions are checked against the model's
+own output (tf_keras, called here) before it is timed.
 
-    .venv/bin/python bench/serve_load.py [--seconds 15] [--rounds 2] [--haproxy] [--deployment-hosting]
-                                         [--audit]
+    .venv/bin/python bench/serve_load.py [--seconds 15] [--rounds 2] [--python-proxy]
+                                         [--no-kserve] [--no-tuned] [--no-baseline]
+                                         [--deployment-hosting] [--audit]
 
-`--haproxy` starts Ray with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_ENABLE_HA_PROXY=1, as
-`make demo` and cluster.yaml do. `--audit` adds the same app writing every prediction to the audit
-trail (audit_sample_rate: 1.0; the shipped default samples 1%): the audit trail's cost.
-`--deployment-hosting` adds a third server to the same run: the
-same config with the model in a deployment of its own (hosting: deployment, one more Serve hop).
+`--python-proxy` starts Ray without the HAProxy variables: Serve's Python proxy (`--haproxy`, the
+default now, is accepted and changes nothing). `--audit` adds the same app writing every prediction
+to the audit trail (audit_sample_rate: 1.0; the shipped default samples 1%): the audit trail's cost.
+`--deployment-hosting` adds the same config with the model in a deployment of its own (hosting:
+deployment, one more Serve hop). The ceiling (the same stacks answering without a model) is
+bench/serve_ceiling.py.
 
-Last line: RESULT rps=.. base_rps=.. rps_ratio=.. p99_ms=.. rows_per_s=.. base_rows_per_s=.. rows_ratio=..
-(single-row figures first, then 64-row).
+Last line: RESULT rps=.. rows_per_s=.. p99_ms=.. best_peer_rps=.. best_peer_rows=.. rps_vs_best=..
+rows_vs_best=.. (ours against the best peer on each measure: single-row req/s, 64-row rows/s),
+then the naive baseline's figures and which peer was best.
 """
 
 from __future__ import annotations
@@ -83,6 +97,7 @@ def wait_ready(url: str, body: str, timeout: float = 180) -> None:
 def run_wrk(url: str, body: str, seconds: int, work: Path) -> dict[str, float]:
     script = work / "post.lua"
     script.write_text(LUA.format(body=body))
+    cpu_before = _cpu_times()
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True)
     out = out.stdout + out.stderr
@@ -90,8 +105,17 @@ def run_wrk(url: str, body: str, seconds: int, work: Path) -> dict[str, float]:
         raise RuntimeError(f"wrk failed:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    busy, total = (after - before for after, before in zip(_cpu_times(), cpu_before, strict=True))
     return {"rps": rps, "p50": _latency(out, "50%"), "p99": _latency(out, "99%"),
-            "errors": int(non2xx.group(1)) if non2xx else 0}
+            "errors": int(non2xx.group(1)) if non2xx else 0, "cpu_busy": busy / max(total, 1)}
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine (/proc/stat): how saturated the cores were while
+    wrk ran (servers, wrk and anything else on the machine together)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
 
 
 def _latency(out: str, percentile: str) -> float:
@@ -140,8 +164,10 @@ def audit_everything(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int,
-               edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> subprocess.Popen:
-    """``serve run`` of configs/serve/digits.yaml (changed by ``edit`` if given) on a Ray of its own."""
+               edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+               extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``serve run`` of configs/serve/digits.yaml (changed by ``edit`` if given) on a Ray of its own
+    (``extra_env``: more variables for it, and so for the Ray it starts)."""
     import yaml
 
     config = yaml.safe_load((REPO / "configs/serve/digits.yaml").read_text())
@@ -153,7 +179,8 @@ def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int,
     path.write_text(yaml.safe_dump(config))
     # Ray starts worker processes at nice 15 by default; here wrk (nice 0) shares the 2 cores,
     # so both servers run at the load generator's priority unless --worker-niceness says otherwise.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": str(niceness)}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": str(niceness),
+           **(extra_env or {})}
     if haproxy:
         env.update(RAY_SERVE_ENABLE_DIRECT_INGRESS="1", RAY_SERVE_ENABLE_HA_PROXY="1")
     # --address local: a Ray of its own, never one whose address a previous `ray start` left behind
@@ -162,17 +189,46 @@ def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def measure(start: Any, one: str, many: str, seconds: int, work: Path) -> dict[str, dict[str, float]]:
+PEERS = REPO / "bench" / "peers"
+KSERVE_VENV = Path.home() / ".cache" / "maas-bench" / "kserve-venv"
+KSERVE_VERSION = "0.21.0"
+# KServe's own per-request lines (latency trace, uvicorn access log) off, as our config turns off
+# Serve's access log: logging costs every server throughput.
+KSERVE_QUIET_LOGGING = {
+    "version": 1, "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+    "loggers": {name: {"handlers": ["stderr"], "level": "WARNING", "propagate": False}
+                for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access")},
+}
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGINT to the process group the bench started (the server and its workers), then SIGKILL."""
+    try:
+        os.killpg(server.pid, 2)
+        server.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, 9)
+        server.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
+def measure(start: Any, one: str, many: str, seconds: int, work: Path,
+            check: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+    """``start(port)`` a server, ``check(url)`` its answers if given, warm it up, then time it on
+    ``one`` and ``many`` with wrk; always stops it."""
     port = free_port()
     server = start(port)
     url = f"http://127.0.0.1:{port}/v1/models/digits_mlp:predict"
     try:
         wait_ready(url, one)
+        if check is not None:
+            check(url)
         run_wrk(url, one, 3, work)  # warm-up
         return {"one": run_wrk(url, one, seconds, work), "many": run_wrk(url, many, seconds, work)}
     finally:
-        os.killpg(server.pid, 2)
-        server.wait(timeout=120)
+        stop(server)
 
 
 def _mean(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -180,13 +236,133 @@ def _mean(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, floa
             for size in rounds[0]}
 
 
+def _quiet(log: Path) -> dict[str, Any]:
+    return {"stdout": subprocess.DEVNULL, "stderr": log.open("ab"), "start_new_session": True}
+
+
+def start_baseline(model_file: str, port: int, work: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", BASELINE, model_file, str(port)],
+                            **_quiet(work / "baseline.log"))
+
+
+def start_uvicorn(factory: str, port: int, work: Path, model_file: str = "",
+                  workers: int = 2) -> subprocess.Popen:
+    """``uvicorn bench/peers/tuned_fastapi.py:<factory> --workers 2``, as a careful user runs it."""
+    env = {**os.environ, "MAAS_BENCH_MODEL": model_file, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PEERS), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", f"tuned_fastapi:{factory}", "--factory", "--app-dir", str(PEERS),
+         "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
+         "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+        env=env, **_quiet(work / f"{factory}.log"))
+
+
+def _pinned(name: str) -> str:
+    """``name==version`` as constraints.txt pins it, so the peers run our TensorFlow."""
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if re.match(rf"{re.escape(name)}\s*==", line.strip(), flags=re.IGNORECASE):
+            return line.split("#")[0].strip()
+    return name
+
+
+def kserve_python() -> Path:
+    """KServe's own virtual environment (made once, ~2 min): kserve plus our TensorFlow and tf_keras.
+    Never .venv: kserve pins python-dateutil<3 and resolves protobuf 6.x, unlike this project."""
+    python = KSERVE_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import kserve, tf_keras, tensorflow"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    print(f"making KServe's virtual environment at {KSERVE_VENV} ...", flush=True)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    subprocess.run([base, "-m", "venv", "--clear", str(KSERVE_VENV)], check=True)
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", f"kserve=={KSERVE_VERSION}",
+                              _pinned("tensorflow"), _pinned("tf_keras"), "orjson"],
+                             capture_output=True, text=True)
+    if install.returncode != 0 or subprocess.run(probe, capture_output=True).returncode != 0:
+        raise RuntimeError("pip could not install kserve into its own venv:\n" + install.stderr[-3000:])
+    return python
+
+
+def start_kserve(python: Path, model_file: str, port: int, work: Path) -> subprocess.Popen:
+    log_config = work / "kserve-logging.json"
+    log_config.write_text(json.dumps(KSERVE_QUIET_LOGGING))
+    return subprocess.Popen(
+        [str(python), str(PEERS / "kserve_digits.py"), "--model_path", model_file, "--model_name",
+         "digits_mlp", "--http_port", str(port), "--workers", "2", "--enable_grpc", "false",
+         "--enable_latency_logging", "false", "--log_config_file", str(log_config)],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, **_quiet(work / "kserve.log"))
+
+
+def answers_match(expected: dict[str, np.ndarray], bodies: dict[str, str], atol: float = 1e-5):
+    """A ``check`` for ``measure``: the server's predictions for each body equal ``expected``."""
+    import requests
+
+    def check(url: str) -> None:
+        for size, body in bodies.items():
+            reply = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+            reply.raise_for_status()
+            got = np.asarray(reply.json()["predictions"], dtype=np.float32)
+            if got.shape != expected[size].shape or not np.allclose(got, expected[size], atol=atol):
+                worst = (float(np.abs(got - expected[size]).max()) if got.shape == expected[size].shape
+                         else f"shape {got.shape} != {expected[size].shape}")
+                raise AssertionError(f"{url}: {size}-row predictions differ from the model's ({worst})")
+    return check
+
+
+def model_outputs(model_file: str, bodies: dict[str, str]) -> dict[str, np.ndarray]:
+    """The model's own answers (tf_keras, eager call) to each body's rows."""
+    from maas.tfkeras import load_model
+
+    model = load_model(model_file, compile=False)
+    return {size: np.asarray(model(np.asarray(json.loads(body)["instances"], dtype=np.float32),
+                                    training=False)) for size, body in bodies.items()}
+
+
+def request_bodies() -> dict[str, str]:
+    return {"one": json.dumps({"instances": [np.random.rand(8, 8).round(3).tolist()]}),
+            "many": json.dumps({"instances": np.random.rand(64, 8, 8).round(3).tolist()})}
+
+
+def run_rounds(starters: dict[str, Callable[[int], subprocess.Popen]], checks: dict[str, Any],
+               bodies: dict[str, str], seconds: int, rounds: int,
+               work: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Each server ``rounds`` times, in alternating order (this VM's speed drifts by tens of percent
+    between minutes; a ratio of measurements taken side by side is what we trust); the mean."""
+    names = list(starters)
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in names}
+    for round_number in range(rounds):
+        for name in names if round_number % 2 == 0 else names[::-1]:
+            runs[name].append(measure(starters[name], bodies["one"], bodies["many"], seconds, work,
+                                      check=checks.get(name)))
+            r = runs[name][-1]
+            print(f"round {round_number + 1} {name}: {r['one']['rps']:.0f} req/s 1-row, "
+                  f"{r['many']['rps'] * 64:.0f} rows/s 64-row", flush=True)
+    return {name: _mean(r) for name, r in runs.items()}
+
+
+def print_table(results: dict[str, dict[str, dict[str, float]]], width: int = 16) -> None:
+    print(f"\n{'server':<{width}} {'1-row req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'64-row req/s':>13} "
+          f"{'rows/s':>9} {'p99 ms':>8} {'errors':>7} {'CPU busy':>9}")
+    for name, r in results.items():
+        print(f"{name:<{width}} {r['one']['rps']:>12.0f} {r['one']['p50']:>8.1f} {r['one']['p99']:>8.1f} "
+              f"{r['many']['rps']:>13.1f} {r['many']['rps'] * 64:>9.0f} {r['many']['p99']:>8.1f} "
+              f"{r['one']['errors'] + r['many']['errors']:>7.0f} "
+              f"{r['one']['cpu_busy']:>4.0%}/{r['many']['cpu_busy']:<4.0%}")
+    print("(CPU busy: the whole machine's, both cores, while wrk ran: 1-row/64-row)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--haproxy", action="store_true", help="Serve's HAProxy direct ingress")
     parser.add_argument("--rounds", type=int, default=2, help="measurements per server (averaged)")
+    parser.add_argument("--python-proxy", action="store_true",
+                        help="Serve's Python proxy instead of the HAProxy direct ingress we ship")
+    parser.add_argument("--haproxy", action="store_true", help="the default; accepted, changes nothing")
     parser.add_argument("--worker-niceness", type=int, default=0,
-                        help="nice value of Ray's workers (Ray's own default: 15)")
+                        help="nice value of Ray's workers (Ray's own default: 15; we ship 0)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the naive FastAPI server")
+    parser.add_argument("--no-tuned", action="store_true", help="skip the tuned FastAPI server")
+    parser.add_argument("--no-kserve", action="store_true", help="skip KServe's model server")
     parser.add_argument("--deployment-hosting", action="store_true",
                         help="also measure the model in a deployment of its own (hosting: deployment)")
     parser.add_argument("--audit", action="store_true",
@@ -194,49 +370,69 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
-    one = json.dumps({"instances": [np.random.rand(8, 8).round(3).tolist()]})
-    many = json.dumps({"instances": np.random.rand(64, 8, 8).round(3).tolist()})
-    names = ["baseline", "ours", *(["ours_deployment"] if args.deployment_hosting else []),
-             *(["ours_audit_all"] if args.audit else [])]
-    runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in names}
+    haproxy = not args.python_proxy
+    print(f"ours: Serve with {'HAProxy direct ingress' if haproxy else 'the Python proxy'}, "
+          f"RAY_worker_niceness={args.worker_niceness}", flush=True)
+    bodies = request_bodies()
+    kserve_problem = None
+    kserve = None
+    if not args.no_kserve:
+        try:
+            kserve = kserve_python()
+        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+            kserve_problem = str(exc)
+            print(f"KServe not measured: {exc}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model_file = publish_model(f"{tmp}/registry")
-        starters = {
-            "baseline": lambda p: subprocess.Popen([sys.executable, "-c", BASELINE, model_file, str(p)],
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                   start_new_session=True),
-            "ours": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy, args.worker_niceness),
-            "ours_deployment": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy,
-                                                    args.worker_niceness, edit=as_deployment_hosting),
-            "ours_audit_all": lambda p: start_ours(f"{tmp}/registry", p, work, args.haproxy,
-                                                   args.worker_niceness, edit=audit_everything),
-        }
-        # Rounds in alternating order: this VM's speed drifts by tens of percent between minutes,
-        # and a ratio of two back-to-back measurements is what we trust.
-        for round_number in range(args.rounds):
-            order = names if round_number % 2 == 0 else names[::-1]
-            for name in order:
-                runs[name].append(measure(starters[name], one, many, args.seconds, work))
-    results = {name: _mean(rounds) for name, rounds in runs.items()}
-    print(f"\n{'server':<16} {'1-row req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'64-row req/s':>13} "
-          f"{'rows/s':>9} {'p99 ms':>8} {'errors':>7}")
-    for name, r in results.items():
-        print(f"{name:<16} {r['one']['rps']:>12.0f} {r['one']['p50']:>8.1f} {r['one']['p99']:>8.1f} "
-              f"{r['many']['rps']:>13.1f} {r['many']['rps'] * 64:>9.0f} {r['many']['p99']:>8.1f} "
-              f"{r['one']['errors'] + r['many']['errors']:>7.0f}")
-    ours, base = results["ours"], results["baseline"]
+        registry = f"{tmp}/registry"
+        model_file = publish_model(registry)
+        expected = model_outputs(model_file, bodies)
+        niceness = args.worker_niceness
+        starters: dict[str, Callable[[int], subprocess.Popen]] = {
+            "ours": lambda p: start_ours(registry, p, work, haproxy, niceness)}
+        if not args.no_baseline:
+            starters["baseline"] = lambda p: start_baseline(model_file, p, work)
+        if not args.no_tuned:
+            starters["tuned_fastapi"] = lambda p: start_uvicorn("create_app", p, work, model_file)
+        if kserve is not None:
+            starters["kserve"] = lambda p: start_kserve(kserve, model_file, p, work)
+        if args.deployment_hosting:
+            starters["ours_deployment"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
+                                                               edit=as_deployment_hosting)
+        if args.audit:
+            starters["ours_audit_all"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
+                                                              edit=audit_everything)
+        check = answers_match(expected, bodies)
+        results = run_rounds(starters, {name: check for name in starters}, bodies, args.seconds,
+                             args.rounds, work)
+    print_table(results)
+    if kserve_problem:
+        print(f"kserve: not measured: {kserve_problem}")
+    ours = results["ours"]
     if args.audit:
         audited = results["ours_audit_all"]
         print(f"audit at 100%: {audited['one']['rps'] / ours['one']['rps']:.3f}x single-row req/s, "
               f"{audited['many']['rps'] / ours['many']['rps']:.3f}x 64-row req/s of the shipped 1% sampling")
-    print(f"RESULT rps={ours['one']['rps']:.0f} base_rps={base['one']['rps']:.0f} "
-          f"rps_ratio={ours['one']['rps'] / base['one']['rps']:.2f} p99_ms={ours['one']['p99']:.1f} "
-          f"rows_per_s={ours['many']['rps'] * 64:.0f} base_rows_per_s={base['many']['rps'] * 64:.0f} "
-          f"rows_ratio={ours['many']['rps'] / base['many']['rps']:.2f}"
-          + (f" audit_rps_ratio={results['ours_audit_all']['one']['rps'] / ours['one']['rps']:.3f}"
-             f" audit_rows_ratio={results['ours_audit_all']['many']['rps'] / ours['many']['rps']:.3f}"
-             if args.audit else ""))
+    peers = {name: r for name, r in results.items() if name in ("baseline", "tuned_fastapi", "kserve")}
+    line = (f"RESULT rps={ours['one']['rps']:.0f} rows_per_s={ours['many']['rps'] * 64:.0f} "
+            f"p99_ms={ours['one']['p99']:.1f}")
+    if peers:
+        best_rps = max(peers, key=lambda n: peers[n]["one"]["rps"])
+        best_rows = max(peers, key=lambda n: peers[n]["many"]["rps"])
+        line += (f" best_peer_rps={peers[best_rps]['one']['rps']:.0f}"
+                 f" best_peer_rows={peers[best_rows]['many']['rps'] * 64:.0f}"
+                 f" rps_vs_best={ours['one']['rps'] / peers[best_rps]['one']['rps']:.2f}"
+                 f" rows_vs_best={ours['many']['rps'] / peers[best_rows]['many']['rps']:.2f}"
+                 f" best_rps_peer={best_rps} best_rows_peer={best_rows}")
+    if "baseline" in results:
+        base = results["baseline"]
+        line += (f" base_rps={base['one']['rps']:.0f} base_rows_per_s={base['many']['rps'] * 64:.0f}"
+                 f" rps_vs_base={ours['one']['rps'] / base['one']['rps']:.2f}"
+                 f" rows_vs_base={ours['many']['rps'] / base['many']['rps']:.2f}")
+    if args.audit:
+        line += (f" audit_rps_ratio={results['ours_audit_all']['one']['rps'] / ours['one']['rps']:.3f}"
+                 f" audit_rows_ratio={results['ours_audit_all']['many']['rps'] / ours['many']['rps']:.3f}")
+    print(line)
 
 
 if __name__ == "__main__":
