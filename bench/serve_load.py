@@ -94,28 +94,78 @@ def wait_ready(url: str, body: str, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
-def run_wrk(url: str, body: str, seconds: int, work: Path) -> dict[str, float]:
+def run_wrk(url: str, body: str, seconds: int, work: Path, server: int | None = None) -> dict[str, float]:
+    """wrk's figures, the machine's CPU busy fraction, and CPU microseconds per request by process
+    kind (``us_*``; ``server``: the process session the bench started the server in)."""
+    import resource
+
     script = work / "post.lua"
     script.write_text(LUA.format(body=body))
-    cpu_before = _cpu_times()
+    cpu_before, procs_before = _cpu_times(), process_jiffies(server)
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True)
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    procs_after, cpu_after = process_jiffies(server), _cpu_times()
     out = out.stdout + out.stderr
     if "unexpected symbol" in out or not re.search(r"Requests/sec", out):
         raise RuntimeError(f"wrk failed:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = max(1, int(re.search(r"(\d+) requests in", out).group(1)))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    busy, total = (after - before for after, before in zip(_cpu_times(), cpu_before, strict=True))
+    busy, total = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
+    per_request = {f"us_{kind}": 0.0 for kind in PROCESS_KINDS}
+    for pid, (kind, jiffies) in procs_after.items():
+        spent = jiffies - procs_before[pid][1] if pid in procs_before else jiffies
+        per_request[f"us_{kind}"] += spent * 1e6 / CLOCK_TICKS / requests
+    per_request["us_wrk"] = 1e6 * sum(getattr(wrk_after, f) - getattr(wrk_before, f)
+                                      for f in ("ru_utime", "ru_stime")) / requests
     return {"rps": rps, "p50": _latency(out, "50%"), "p99": _latency(out, "99%"),
-            "errors": int(non2xx.group(1)) if non2xx else 0, "cpu_busy": busy / max(total, 1)}
+            "errors": int(non2xx.group(1)) if non2xx else 0, "cpu_busy": busy / max(total, 1),
+            **per_request}
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PROCESS_KINDS = ("wrk", "haproxy", "replica", "ray", "server", "other")
 
 
 def _cpu_times() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine (/proc/stat): how saturated the cores were while
     wrk ran (servers, wrk and anything else on the machine together)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
+
+
+def process_jiffies(server_session: int | None) -> dict[int, tuple[str, int]]:
+    """CPU time (user + system, all threads) of every process on the machine, with its kind:
+    HAProxy, a Serve replica, the rest of Ray, the server the bench started (its session), other.
+    wrk is counted apart (getrusage of the bench's reaped children)."""
+    found: dict[int, tuple[str, int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        session, jiffies = int(fields[3]), int(fields[11]) + int(fields[12])
+        if cmdline.startswith(b"ray::ServeReplica"):
+            kind = "replica"
+        elif name.startswith("haproxy"):
+            kind = "haproxy"
+        elif (cmdline.startswith(b"ray::") or name in ("raylet", "gcs_server")
+              or b"/ray/" in cmdline or b"ray.util.client" in cmdline):
+            kind = "ray"
+        elif server_session is not None and session == server_session:
+            kind = "server"
+        elif name == "wrk":
+            continue
+        else:
+            kind = "other"
+        found[int(stat.parent.name)] = (kind, jiffies)
+    return found
 
 
 def _latency(out: str, percentile: str) -> float:
@@ -226,7 +276,8 @@ def measure(start: Any, one: str, many: str, seconds: int, work: Path,
         if check is not None:
             check(url)
         run_wrk(url, one, 3, work)  # warm-up
-        return {"one": run_wrk(url, one, seconds, work), "many": run_wrk(url, many, seconds, work)}
+        return {"one": run_wrk(url, one, seconds, work, server.pid),
+                "many": run_wrk(url, many, seconds, work, server.pid)}
     finally:
         stop(server)
 
@@ -349,6 +400,18 @@ def print_table(results: dict[str, dict[str, dict[str, float]]], width: int = 16
               f"{r['one']['errors'] + r['many']['errors']:>7.0f} "
               f"{r['one']['cpu_busy']:>4.0%}/{r['many']['cpu_busy']:<4.0%}")
     print("(CPU busy: the whole machine's, both cores, while wrk ran: 1-row/64-row)")
+    print_cpu(results, width)
+
+
+def print_cpu(results: dict[str, dict[str, dict[str, float]]], width: int = 16) -> None:
+    """CPU microseconds per request by process kind (replica: the Serve replica, here the Ingress
+    hosting the model; server: a peer's processes, or `serve run`'s own; ray: the rest of Ray)."""
+    for size, label in (("one", "single-row"), ("many", "64-row")):
+        print(f"\nCPU us per request, {label}")
+        print(f"{'server':<{width}} " + " ".join(f"{k:>8}" for k in PROCESS_KINDS) + f" {'total':>8}")
+        for name, r in results.items():
+            values = [r[size][f"us_{kind}"] for kind in PROCESS_KINDS]
+            print(f"{name:<{width}} " + " ".join(f"{v:>8.0f}" for v in values) + f" {sum(values):>8.0f}")
 
 
 def main() -> None:
