@@ -6,11 +6,13 @@ day (rotated daily), because a hash chain needs one writer per file. Each entry 
 of the previous entry in its file (``prev``) and its own (``hash``, sha256 over ``prev`` and the
 entry), so editing or deleting a line breaks the chain at that point: ``python -m maas audit
 verify`` finds it. (Cutting the last lines of a file leaves a shorter valid chain; ship the files
-to write-once storage for that.) Never a key or a payload: key ids, model, version, status, rows.
+to write-once storage for that.) Never a key; payloads only when a Serve app turns them on
+(``audit_payloads``): key ids, model, version, status, rows.
 """
 
 from __future__ import annotations
 
+import base64
 import getpass
 import hashlib
 import json
@@ -35,6 +37,23 @@ def audit_root(registry_root: str) -> str:
 def _entry_hash(prev: str, entry: dict[str, Any]) -> str:
     body = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256((prev + body).encode()).hexdigest()
+
+
+def payload(body: bytes | None, limit: int) -> dict[str, Any] | None:
+    """A request or response body as an audit field: UTF-8 text as it came (JSON bodies), other
+    bytes (binary tensor data) base64-encoded; bodies past ``limit`` bytes are cut there and
+    say so, so that one huge request cannot swell the trail."""
+    if body is None:
+        return None
+    kept = body[:limit]
+    field: dict[str, Any] = {"bytes": len(body)}
+    try:
+        field["text"] = kept.decode("utf-8")
+    except UnicodeDecodeError:
+        field["base64"] = base64.b64encode(kept).decode("ascii")
+    if len(body) > limit:
+        field["truncated_at"] = limit
+    return field
 
 
 def actor() -> str:

@@ -104,6 +104,7 @@ class Dataplane:
         if len(body) > limit:
             raise RequestError(f"request body of {len(body)} bytes is over the {limit}-byte limit",
                                status=413)
+        request.state.body = body  # for the audit trail, when payloads are on
         return body
 
     async def _read_json(self, request: Request) -> Any:
@@ -125,7 +126,8 @@ class Dataplane:
             if isinstance(exc, OverloadError) and exc.retry_after_s is None:
                 exc.retry_after_s = self.config.retry_after_s  # a host's own full queue
             self._record(name, "", exc.status, protocol, started)
-            self._audit(request, name, "", exc.status, protocol, started, 0, context=None)
+            self._audit(request, name, "", exc.status, protocol, started, 0, context=None,
+                        answer=str(exc).encode())
             raise
         body = respond(result, context)
         if isinstance(body, BinaryBody):
@@ -134,13 +136,14 @@ class Dataplane:
             response = json_response(body, headers=result.get("lineage"))
         self._record(name, str(result["version"]), response.status_code, protocol, started)
         self._audit(request, name, str(result["version"]), response.status_code, protocol, started,
-                    len(result["outputs"]), context)
+                    len(result["outputs"]), context, answer=response.body)
         return response
 
     def _audit(self, request: Request, name: str, version: str, status: int, protocol: ApiProtocol,
-               started: float, rows: int, context: Any) -> None:
+               started: float, rows: int, context: Any, answer: bytes | None = None) -> None:
         """Sample a prediction into the audit trail: every error, ``audit_sample_rate`` of the
-        rest. Key id, never the key; no payload."""
+        rest. Key id, never the key; the bodies only with ``audit_payloads`` (for an error, the
+        answer is its message)."""
         rate = self.config.audit_error_rate if status >= 400 else self.config.audit_sample_rate
         if rate <= 0 or (rate < 1 and random.random() >= rate):
             return
@@ -151,8 +154,16 @@ class Dataplane:
             "action": "prediction", "request_id": request_id,
             "key_id": self._key_id(request), "model": name, "version": version,
             "protocol": protocol, "status": status, "rows": rows,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2)})
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            **(self._payloads(request, answer) if self.config.audit_payloads else {})})
         self._start_flusher()
+
+    def _payloads(self, request: Request, answer: bytes | None) -> dict[str, Any]:
+        from maas.audit import payload
+
+        limit = self.config.audit_payload_max_bytes
+        return {"request_body": payload(getattr(request.state, "body", None), limit),
+                "response_body": payload(answer, limit)}
 
     @staticmethod
     def _key_id(request: Request) -> str | None:

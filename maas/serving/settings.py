@@ -117,9 +117,16 @@ class ServeAppConfig(StrictSchema):
         0.01, ge=0, le=1,
         description="Share of successful predictions written to the audit trail "
                     "(<registry>/.maas/audit): time, request id, key id, model, version, status, "
-                    "rows, latency; never a key or a payload.")
+                    "rows, latency; never a key, and a payload only with audit_payloads.")
     audit_error_rate: float = Field(1.0, ge=0, le=1,
                                     description="Share of failed predictions written to the audit trail.")
+    audit_payloads: bool = Field(
+        False,
+        description="Also write each sampled prediction's request and response bodies to the "
+                    "audit trail (JSON as text, binary tensor data base64), cut at "
+                    "audit_payload_max_bytes. Off by default: payloads may be personal data.")
+    audit_payload_max_bytes: int = Field(
+        65536, ge=0, description="Bytes of each request and response body kept when audit_payloads is on.")
     retry_after_s: float = Field(
         1.0, gt=0, le=3600,
         description="Seconds a client is told to wait (Retry-After) when a model's queue is full (503).")

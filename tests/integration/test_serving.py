@@ -234,9 +234,46 @@ def _assert_predictions_audited(registry_root: str, key_id: str, key: str) -> No
     ok = next(e for e in mine if e["status"] == 200)
     assert ok["model"] == "digits_mlp" and ok["version"] == "1" and ok["rows"] == 1
     assert ok["protocol"] == "v1" and ok["request_id"] and ok["latency_ms"] > 0
+    assert "request_body" not in ok and "response_body" not in ok  # payloads are off by default
     assert audit.verify(registry_root)[1] == []
     trail = "".join(p.read_text() for p in Path(audit.audit_root(registry_root)).rglob("*.jsonl"))
     assert key.rsplit(".", 1)[1] not in trail
+
+
+def test_audit_payloads_record_the_bodies_when_turned_on(endpoint, tiny_job) -> None:
+    import json
+    import time
+
+    from ray import serve
+
+    from maas import audit
+    from serve.app import build_app
+
+    app = build_app({"registry_root": tiny_job.registry.root, "audit_sample_rate": 1.0,
+                     "audit_payloads": True,
+                     "models": [{"name": "digits_mlp", "hosting": "ingress"}]})
+    serve.run(app, name="payloads", route_prefix="/payloads")
+    url = f"{endpoint}/payloads/v1/models/digits_mlp:predict"
+    request_id = f"payload-{time.time_ns()}"
+    try:
+        sent = {"instances": [np.full((8, 8), 0.25).tolist()]}
+        answer = requests.post(url, json=sent, timeout=30, headers={"X-Request-ID": request_id})
+        assert answer.status_code == 200
+        refused = requests.post(url, json={"instances": [[1.0]]}, timeout=30,
+                                headers={"X-Request-ID": request_id + "-bad"})
+        assert refused.status_code == 400
+        deadline, found = time.time() + 10, {}
+        while time.time() < deadline and len(found) < 2:
+            found = {e["request_id"]: e for e in audit.entries(tiny_job.registry.root, action="prediction")
+                     if e["request_id"].startswith(request_id)}
+            time.sleep(0.5)
+        ok, bad = found[request_id], found[request_id + "-bad"]
+        assert json.loads(ok["request_body"]["text"]) == sent
+        assert json.loads(ok["response_body"]["text"]) == answer.json()
+        assert bad["status"] == 400 and json.loads(bad["request_body"]["text"]) == {"instances": [[1.0]]}
+        assert bad["response_body"]["text"] == refused.json()["error"]
+    finally:
+        serve.delete("payloads")
 
 
 def test_tampered_version_is_refused_and_the_old_one_keeps_serving(endpoint, tiny_job) -> None:

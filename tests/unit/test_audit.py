@@ -133,3 +133,24 @@ def test_cli_verify_fails_with_the_integrity_exit_code(tmp_path: Path, capsys) -
     assert cli_main(["--registry", str(tmp_path), "audit", "verify"]) == 1
     err = capsys.readouterr().err
     assert "tampered with" in err and "line 1" in err and "Traceback" not in err
+
+
+def test_payloads_keep_text_as_text_binary_as_base64_and_cut_at_the_limit() -> None:
+    import base64
+
+    assert audit.payload(None, 10) is None
+    assert audit.payload(b'{"instances": [1]}', 100) == {"bytes": 18, "text": '{"instances": [1]}'}
+    raw = bytes([0xFF, 0x00, 0x80, 0x01])
+    binary = audit.payload(raw, 100)
+    assert base64.b64decode(binary["base64"]) == raw and "text" not in binary
+    cut = audit.payload(b"x" * 50, 8)
+    assert cut == {"bytes": 50, "text": "x" * 8, "truncated_at": 8}
+
+
+def test_payloads_are_off_unless_the_app_turns_them_on() -> None:
+    from maas.serving.settings import ServeAppConfig
+
+    config = ServeAppConfig.model_validate({"models": [{"name": "m"}]})
+    assert config.audit_payloads is False
+    with pytest.raises(ValueError):
+        ServeAppConfig.model_validate({"models": [{"name": "m"}], "audit_payload_max_bytes": -1})
