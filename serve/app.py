@@ -30,7 +30,7 @@ from maas.serving.settings import (
 from maas.serving.tfserving import format_response, tf_serving_metadata, tf_serving_status
 from serve.dataplane import Dataplane
 from serve.deployments import ModelServer
-from serve.http import body_spec, http, json_response
+from serve.http import FastRoutes, body_spec, http, json_response
 
 ROW_BODY = {"type": "object", "properties": {
     "instances": {"type": "array", "description": "row format: one entry per example"},
@@ -44,6 +44,22 @@ V2_BODY = {"type": "object", "required": ["inputs"], "properties": {
 
 def _v1_body(result: dict, fmt: Any) -> dict:
     return format_response(result["outputs"], fmt)
+
+
+# The predict routes below, matched first, straight to their methods (``serve.http.FastRoutes``);
+# the same paths as FastAPI's path templates match ({param}: one path segment, no "/").
+http.add_middleware(FastRoutes, routes=[
+    ("POST", r"^/v1/models/(?P<name>[^/]+):predict$",
+     lambda self, request, name: self.predict(name, request)),
+    ("POST", r"^/v1/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+):predict$",
+     lambda self, request, name, version: self.predict_version(name, version, request)),
+    ("POST", r"^/v1/models/(?P<name>[^/]+)/labels/(?P<label>[^/]+):predict$",
+     lambda self, request, name, label: self.predict_label(name, label, request)),
+    ("POST", r"^/v2/models/(?P<name>[^/]+)/infer$",
+     lambda self, request, name: self.v2_infer(name, request)),
+    ("POST", r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/infer$",
+     lambda self, request, name, version: self.v2_infer_version(name, version, request)),
+])
 
 
 @serve.deployment(name=INGRESS, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from maas.errors import MaasError, OverloadError, RegistryError, UnavailableError, error_reply
-from maas.serving.batching import predict_grouped
+from maas.serving.batching import Batcher, predict_grouped
 from maas.serving.inputs import to_batch
 from maas.serving.model import LoadedModel, Runtime, artifact_runtime
 from maas.serving.oip import parse_v2_inputs
@@ -30,12 +30,9 @@ Observe = Callable[[LoadedModel, int], None]
 
 
 def serve_batcher(settings: ModelSettings) -> Callable[[Callable], Any]:
-    """Serve's ``@serve.batch`` made per instance (the decorator on a method would share one
-    queue between every host in the process)."""
-    from ray import serve
-
-    return serve.batch(max_batch_size=settings.max_batch_size,
-                       batch_wait_timeout_s=settings.batch_wait_timeout_s)
+    """A ``Batcher`` per instance (``@serve.batch`` on a method would share one queue between
+    every host in the process, and costs more per request)."""
+    return lambda func: Batcher(func, settings.max_batch_size, settings.batch_wait_timeout_s)
 
 
 class ModelHost:
