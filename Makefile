@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# the optimize stage's `pruned` variant: tfmot pins absl-py~=1.2, TensorFlow 2.21 needs newer,
+	# and tfmot runs with it, so it goes in without its dependencies (maas/optimize/prune.py)
+	$(BIN)/pip install -q --no-deps -c constraints.txt tensorflow-model-optimization
 	touch $@
 
 demo: setup

@@ -19,6 +19,7 @@ from maas.optimize.evaluate import KerasPredictor, Predictor, limit_tensorflow_t
 from maas.optimize.recipe import (
     OnnxInt8Variant,
     OnnxVariant,
+    PrunedVariant,
     RecipeConfig,
     SavedModelVariant,
     TfLiteVariant,
@@ -99,7 +100,7 @@ def _build_and_publish(registry: Registry, parent: Parent, splits: Splits, varia
                          f"{figures['top1_agreement']:.2%} of the test split, below min_agreement "
                          f"{minimum:.2%}; it is not registered")
     files, metadata = built.files, variant_metadata(parent, variant, recipe, built, figures, parent_figures)
-    if built.saved_model is not None:  # the savedmodel kind: its own export
+    if built.saved_model is not None:  # savedmodel and pruned kinds: their own export
         metadata[SAVED_MODEL_KEY] = built.saved_model
     else:  # ONNX, int8, TFLite: TF Serving finds the parent's float SavedModel in the version
         saved_files, metadata[SAVED_MODEL_KEY] = parent_saved_model(parent, splits)
@@ -128,6 +129,8 @@ def build_variant(variant: Variant, parent: Parent, splits: Splits, threads: int
         return _savedmodel(variant, parent, splits)
     if isinstance(variant, TfLiteVariant):
         return _tflite(variant, parent, splits, threads)
+    if isinstance(variant, PrunedVariant):
+        return _pruned(variant, parent, splits)
     raise TypeError(f"no builder for {type(variant).__name__}")  # the schema admits no other
 
 
@@ -184,6 +187,28 @@ def _tflite(variant: TfLiteVariant, parent: Parent, splits: Splits, threads: int
     artifact = {"format": "tflite", "file": TFLITE_FILE, "runtime": "tflite", "served": False,
                 "quantization": variant.mode}
     return Built({TFLITE_FILE: content}, artifact, load_tflite(content, threads), len(content))
+
+
+def _pruned(variant: PrunedVariant, parent: Parent, splits: Splits) -> Built:
+    """Pruned while fine-tuned, stripped, then published like a trained version: a Keras file with
+    its own checked SavedModel (the zeros are the variant, so the parent's would be wrong)."""
+    from maas.optimize.prune import compressed_size, keras_bytes_of, prune_and_finetune
+
+    training = (parent.version.metadata.get("config") or {}).get("training") or {}
+    optimizer = (parent.version.metadata.get("config") or {}).get("optimizer") or {}
+    pruned = prune_and_finetune(
+        parent.keras_bytes, KERAS_FILE, parent.what, np.asarray(splits.x_train, np.float32),
+        np.asarray(splits.y_train), variant.target_sparsity, variant.epochs,
+        variant.batch_size or int(training.get("batch_size", 64)),
+        variant.learning_rate or float(optimizer.get("learning_rate", 1e-3)) / 10, variant.seed)
+    content = keras_bytes_of(pruned.model)
+    export = export_checked(pruned.model, splits.x_val, f"{parent.what} (pruned)")
+    artifact = {"format": "keras", "file": KERAS_FILE, "runtime": "tensorflow",
+                "pruned_layers": pruned.pruned_layers}
+    checks = {"sparsity": pruned.sparsity, "compressed_size_bytes": float(compressed_size(content)),
+              "parent_compressed_size_bytes": float(compressed_size(parent.keras_bytes))}
+    return Built({KERAS_FILE: content, **export.files}, artifact, KerasPredictor(pruned.model, parent.schema),
+                 len(content), checks, saved_model=export.block)
 
 
 def variant_metadata(parent: Parent, variant: Variant, recipe: RecipeConfig, built: Built,

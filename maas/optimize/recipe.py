@@ -68,7 +68,23 @@ class TfLiteVariant(_VariantBase):
         description="Smallest top-1 agreement with the parent on the test split that may be published.")
 
 
-Variant = Annotated[OnnxVariant | OnnxInt8Variant | SavedModelVariant | TfLiteVariant,
+class PrunedVariant(_VariantBase):
+    kind: Literal["pruned"] = Field(
+        description="Magnitude pruning of the Dense/convolution kernels while fine-tuning on the "
+                    "parent's training split (tensorflow-model-optimization), stripped: a plain "
+                    "Keras version, served and exportable like its parent.")
+    target_sparsity: float = Field(0.5, gt=0, lt=1, description="Share of each pruned kernel set to zero.")
+    epochs: int = Field(2, ge=1, le=100, description="Fine-tuning epochs.")
+    batch_size: int | None = Field(None, ge=1, description="Default: the parent's training batch size.")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Default: a tenth of the parent's learning rate (Adam).")
+    seed: int = Field(0, description="TensorFlow seed for the fine-tuning.")
+    min_agreement: float = Field(
+        0.95, ge=0, le=1,
+        description="Smallest top-1 agreement with the parent on the test split that may be published.")
+
+
+Variant = Annotated[OnnxVariant | OnnxInt8Variant | SavedModelVariant | TfLiteVariant | PrunedVariant,
                     Field(discriminator="kind")]
 
 

@@ -111,8 +111,10 @@ def test_recipe_is_strict_and_overridable(tmp_path: Path) -> None:
     assert [(v.kind, v.mode) for v in edge.variants] == [("tflite", "fp16"), ("tflite", "int8")]
     with pytest.raises(ConfigError, match="unknown key"):
         load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: onnx, tolerence: 1}]"])
-    with pytest.raises(ConfigError, match="variants"):
-        load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: pruned}]"])
+    pruned = load_recipe(REPO / "configs/optimize/pruned.yaml")
+    assert [(v.kind, v.target_sparsity) for v in pruned.variants] == [("pruned", 0.5)]
+    with pytest.raises(ConfigError, match="variants"):  # a kind that does not exist
+        load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: distilled}]"])
     with pytest.raises(ConfigError, match="unique"):
         load_recipe(REPO / "configs/optimize/default.yaml", ["variants=[{kind: onnx}, {kind: onnx}]"])
 

@@ -70,7 +70,7 @@ def test_text_model_is_refused_with_a_message_and_exit_code(tmp_path: Path, caps
 @pytest.mark.parametrize("args, exit_code, message", [
     (["--model", "nope"], 1, "model 'nope' is not in the registry"),
     (["--model", "digits_mlp:9"], 1, "has no version 9"),
-    (["--model", "digits_mlp", "--set", "variants=[{kind: pruned}]"], 2, "invalid configuration"),
+    (["--model", "digits_mlp", "--set", "variants=[{kind: distilled}]"], 2, "invalid configuration"),
     (["--model", ":3"], 2, "is not NAME or NAME:VERSION"),
 ])
 def test_user_errors_are_messages_with_exit_codes(root: str, capsys, args, exit_code, message) -> None:

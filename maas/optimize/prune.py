@@ -1,0 +1,93 @@
+"""Magnitude pruning with fine-tuning: the ``pruned`` variant.
+
+The parent's Dense and convolution kernels are pruned to ``target_sparsity`` by
+tensorflow-model-optimization (tfmot) while the model is fine-tuned on the parent's training split
+(its own optimizer settings, a tenth of its learning rate by default), then the pruning wrappers
+are stripped: what is published is a plain Keras model of the parent's architecture whose pruned
+kernels hold exact zeros, so it loads, serves and exports (ONNX, int8, SavedModel) like any Keras
+version. A dense file does not shrink with zeros; ``compressed_size_bytes`` (gzip) shows what
+pruning buys on the wire and at rest.
+
+tfmot 0.8 pins ``absl-py~=1.2`` against TensorFlow 2.21's newer absl-py, so it is installed without
+its dependencies (``make setup`` does; ``pip install --no-deps -c constraints.txt
+tensorflow-model-optimization``); it runs with ours (checked: import, wrap, fit, strip).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from maas.errors import ConfigError, ModelError
+
+PRUNABLE = ("Dense", "Conv1D", "Conv2D")
+INSTALL = "pip install --no-deps -c constraints.txt tensorflow-model-optimization"
+
+
+@dataclass
+class Pruned:
+    model: Any            # tf_keras.Model, wrappers stripped
+    sparsity: float       # share of zeros over the pruned kernels
+    pruned_layers: list[str]
+
+
+def tfmot() -> Any:
+    try:
+        import tensorflow_model_optimization as module
+    except ImportError:
+        raise ConfigError("the 'pruned' variant needs tensorflow-model-optimization, which is not "
+                          f"installed here: `{INSTALL}` (make setup installs it)") from None
+    return module
+
+
+def prune_and_finetune(keras_bytes: bytes, filename: str, what: str, x_train: np.ndarray,
+                       y_train: np.ndarray, target_sparsity: float, epochs: int, batch_size: int,
+                       learning_rate: float, seed: int) -> Pruned:
+    """A fresh copy of the parent (the caller's model stays untouched), pruned while fine-tuned."""
+    from maas.artifacts.keras_loader import load_keras_bytes
+    from maas.tfkeras import keras, tensorflow
+
+    sparsity_api = tfmot().sparsity.keras
+    k, tf = keras(), tensorflow()
+    tf.random.set_seed(seed)
+    model = load_keras_bytes(keras_bytes, filename, what)
+    names = [layer.name for layer in model.layers if type(layer).__name__ in PRUNABLE]
+    if not names:
+        raise ModelError(f"{what} has no Dense or convolution layer to prune ({', '.join(PRUNABLE)})")
+    steps = epochs * math.ceil(len(x_train) / batch_size)
+    schedule = sparsity_api.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0,
+        end_step=max(1, int(steps * 0.7)), frequency=max(1, steps // 20))
+
+    def wrap(layer: Any) -> Any:  # the same layer objects: the parent's trained weights carry over
+        if layer.name in names:
+            return sparsity_api.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    wrapped = k.models.clone_model(model, clone_function=wrap)
+    wrapped.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    wrapped.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+                callbacks=[sparsity_api.UpdatePruningStep()])
+    stripped = sparsity_api.strip_pruning(wrapped)
+    kernels = [layer.get_weights()[0] for layer in stripped.layers if layer.name in names]
+    zeros = sum(int((w == 0).sum()) for w in kernels)
+    return Pruned(stripped, zeros / max(1, sum(w.size for w in kernels)), names)
+
+
+def keras_bytes_of(model: Any) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="maas-pruned-") as work:
+        path = Path(work, "model.keras")
+        model.save(path)
+        return path.read_bytes()
+
+
+def compressed_size(content: bytes) -> int:
+    return len(gzip.compress(content, compresslevel=9))
