@@ -35,8 +35,10 @@ def default_storage_path() -> str:
     return os.environ.get(DEFAULT_STORAGE_ENV) or str(Path("~/.maas/runs").expanduser())
 
 
-DatasetName = Literal["digits", "breast_cancer", "reviews", "csv", "parquet", "npz"]
-BUILTIN_DATASETS = ("digits", "breast_cancer", "reviews")
+DatasetName = Literal["digits", "breast_cancer", "reviews", "mnist", "fashion_mnist", "cifar10",
+                      "csv", "parquet", "npz"]
+# no data.path: shipped with scikit-learn, generated, or Keras' data sets (maas/keras_datasets.py)
+BUILTIN_DATASETS = ("digits", "breast_cancer", "reviews", "mnist", "fashion_mnist", "cifar10")
 
 
 class DataConfig(StrictSchema):

@@ -207,6 +207,11 @@ def read_raw(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str] | None,
     if cfg.source in ("digits", "breast_cancer"):
         x, y, names, _ = _builtin(cfg.source)
         return x, y, names, f"sklearn:{cfg.source}"
+    if cfg.source in ("mnist", "fashion_mnist", "cifar10"):
+        from maas import keras_datasets
+
+        x, y = keras_datasets.load(cfg.source)
+        return x, y, None, f"keras:{cfg.source}"
     path = Path(cfg.path or "").expanduser()
     _check_file(path)
     if cfg.text_column and cfg.source != "npz":
