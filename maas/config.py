@@ -36,9 +36,9 @@ def default_storage_path() -> str:
 
 
 DatasetName = Literal["digits", "breast_cancer", "reviews", "mnist", "fashion_mnist", "cifar10",
-                      "csv", "parquet", "npz"]
+                      "imdb", "csv", "parquet", "npz"]
 # no data.path: shipped with scikit-learn, generated, or Keras' data sets (maas/keras_datasets.py)
-BUILTIN_DATASETS = ("digits", "breast_cancer", "reviews", "mnist", "fashion_mnist", "cifar10")
+BUILTIN_DATASETS = ("digits", "breast_cancer", "reviews", "mnist", "fashion_mnist", "cifar10", "imdb")
 
 
 class DataConfig(StrictSchema):

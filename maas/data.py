@@ -207,7 +207,7 @@ def read_raw(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, list[str] | None,
     if cfg.source in ("digits", "breast_cancer"):
         x, y, names, _ = _builtin(cfg.source)
         return x, y, names, f"sklearn:{cfg.source}"
-    if cfg.source in ("mnist", "fashion_mnist", "cifar10"):
+    if cfg.source in ("mnist", "fashion_mnist", "cifar10", "imdb"):
         from maas import keras_datasets
 
         x, y = keras_datasets.load(cfg.source)

@@ -1,4 +1,4 @@
-"""The seeds' image data sets (MNIST, Fashion-MNIST, CIFAR-10) through Keras' own downloader and
+"""The seeds' data sets (MNIST, Fashion-MNIST, CIFAR-10, IMDB reviews) through Keras' own downloader and
 cache layout: ``$KERAS_HOME/datasets`` (default ``~/.keras/datasets``), exactly where
 ``tf_keras.datasets.*.load_data`` keeps them, so a file Keras already fetched is reused.
 
@@ -8,9 +8,12 @@ Differences from ``load_data``, and why:
   ``get_file``, with Keras' published sha256 where Keras has one). ``load_data`` re-downloads a
   present file whose hash differs, which would make offline use and small test fixtures in the
   cache layout impossible.
-* Nothing is unpickled freely: MNIST's npz is read with ``allow_pickle=False``, and CIFAR's pickled
-  batches go through an unpickler that admits only the dict, bytes, lists and numpy arrays the
-  real files hold (``load_data`` calls ``pickle.load`` on whatever file sits in the cache).
+* Nothing is unpickled freely: MNIST's npz is read with ``allow_pickle=False``; CIFAR's pickled
+  batches and IMDB's object arrays go through an unpickler that admits only the dicts, bytes,
+  lists and numpy arrays the real files hold (``load_data`` calls ``pickle.load`` on whatever file
+  sits in the cache).
+* IMDB reviews come back as text (word ids decoded with Keras' word index; labels ``negative`` /
+  ``positive``), because our text models tokenise inside the model: serving then takes raw strings.
 * The official train/test split is not kept: rows of both are pooled and split by ``data.*_fraction``
   and ``data.seed`` like every other source (stratified), so splits behave the same everywhere.
 
@@ -51,7 +54,11 @@ FASHION = [RemoteFile(f"fashion-mnist/{name}", KERAS_DATASETS + name, None)
                         "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz")]
 CIFAR10 = RemoteFile("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                      "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", untar=True)
-SOURCES = ("mnist", "fashion_mnist", "cifar10")
+IMDB = RemoteFile("imdb.npz", KERAS_DATASETS + "imdb.npz",
+                  "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f")
+IMDB_WORDS = RemoteFile("imdb_word_index.json", KERAS_DATASETS + "imdb_word_index.json",
+                        "bfafd718b763782e994055a2d397834f")
+SOURCES = ("mnist", "fashion_mnist", "cifar10", "imdb")
 
 
 def cache_dir() -> Path:
@@ -78,11 +85,14 @@ def fetch(remote: RemoteFile) -> Path:
 
 
 def load(source: str) -> tuple[np.ndarray, np.ndarray]:
-    """All rows (train and test pooled) as float32 images and integer labels."""
-    loaders = {"mnist": _mnist, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10}
+    """All rows (train and test pooled): float32 images and integer labels, or (IMDB) review
+    texts and ``negative``/``positive`` labels."""
+    loaders = {"mnist": _mnist, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10, "imdb": _imdb}
     x, y = loaders[source]()
     if len(x) != len(y) or not len(x):
-        raise DataError(f"{source}: {len(x)} images but {len(y)} labels in {cache_dir() / 'datasets'}")
+        raise DataError(f"{source}: {len(x)} rows but {len(y)} labels in {cache_dir() / 'datasets'}")
+    if source == "imdb":
+        return x, np.where(np.asarray(y).reshape(-1) == 1, "positive", "negative")
     return x.astype(np.float32), y.astype(np.int64).reshape(-1)
 
 
@@ -112,8 +122,8 @@ def _fashion_mnist() -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test])
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Only what a CIFAR batch holds: numpy arrays (uint8 data) inside a dict of bytes keys."""
+class _ArrayUnpickler(pickle.Unpickler):
+    """Only what CIFAR batches and IMDB's object arrays hold: numpy arrays, dicts, bytes, lists."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"),
@@ -122,12 +132,12 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data set file")
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        batch = _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
         data, labels = batch[b"data"], batch[b"labels"]
         images = np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         return images, np.asarray(labels, np.int64)
@@ -143,3 +153,41 @@ def _cifar10() -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{directory} lacks {', '.join(missing)} (CIFAR-10's python batches)")
     parts = [_cifar_batch(directory / n) for n in names]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _npz_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """An npz's arrays, object arrays through the allow-list unpickler (``np.load`` would need
+    ``allow_pickle=True``, which runs whatever the file names)."""
+    import zipfile
+
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for key in keys:
+                with archive.open(f"{key}.npy") as member:
+                    raw = io.BytesIO(member.read())
+                version = np.lib.format.read_magic(raw)
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0(raw) if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0(raw))
+                if dtype.hasobject:
+                    arrays[key] = np.asarray(_ArrayUnpickler(raw).load(), dtype=object).reshape(shape)
+                else:
+                    raw.seek(0)
+                    arrays[key] = np.lib.format.read_array(raw, allow_pickle=False)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as exc:
+        raise DataError(f"{path} is not the data set's npz ({', '.join(keys)}): {exc}") from None
+    return arrays
+
+
+def _imdb() -> tuple[np.ndarray, np.ndarray]:
+    import json
+
+    arrays = _npz_arrays(fetch(IMDB), ("x_train", "y_train", "x_test", "y_test"))
+    words_path = fetch(IMDB_WORDS)
+    try:
+        words = {int(rank): word for word, rank in json.loads(words_path.read_text()).items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{words_path} is not IMDB's word index (word -> rank JSON): {exc}") from None
+    reviews = np.concatenate([arrays["x_train"], arrays["x_test"]])
+    texts = np.array([" ".join(words[w] for w in review if w in words) for review in reviews], dtype=object)
+    return texts, np.concatenate([arrays["y_train"], arrays["y_test"]])

@@ -1,4 +1,4 @@
-"""MNIST, Fashion-MNIST and CIFAR-10 through Keras' cache layout, offline: small fixture files
+"""MNIST, Fashion-MNIST, CIFAR-10 and IMDB through Keras' cache layout, offline: small fixture files
 (tests/keras_dataset_fixtures.py) in a temporary KERAS_HOME run the real loading code."""
 
 from __future__ import annotations
@@ -44,6 +44,42 @@ def test_a_cached_data_set_loads_splits_and_trains(source: str, keras_home: Path
     assert model.predict(splits.x_test[:4], verbose=0).shape == (4, 10)
 
 
+def test_imdb_reviews_arrive_as_text_and_train_a_text_model(keras_home: Path) -> None:
+    write_fixture("imdb", keras_home, rows=90)
+    splits = load_dataset(DataConfig(source="imdb"))
+    assert splits.schema.is_text and splits.schema.classes == ["negative", "positive"]
+    assert splits.schema.source == "keras:imdb"
+    assert len(splits.x_train) + len(splits.x_val) + len(splits.x_test) == 90
+    review, label = splits.x_train[0], splits.y_train[0]
+    assert review.startswith("i the movie was ")  # word ranks decoded with the word index
+    adjective = review.split()[4]
+    assert (adjective in ("great", "wonderful", "superb")) == (splits.schema.classes[label] == "positive")
+    config = ModelConfig(type="text", text_encoder="lstm", vocab_size=50, sequence_length=12,
+                         embedding_dim=8, lstm_units=[8], hidden_units=[8])
+    model = build_model(config, splits.schema, None, None, splits.x_train)
+    compile_model(model, OptimizerConfig())
+    history = model.fit(splits.x_train, splits.y_train, epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_an_imdb_file_whose_object_array_would_run_code_is_refused_unrun(keras_home: Path) -> None:
+    write_fixture("imdb", keras_home, rows=30)
+    marker = keras_home / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    hostile = np.empty(1, dtype=object)
+    hostile[0] = Payload()
+    arrays = dict(np.load(keras_home / "datasets" / "imdb.npz", allow_pickle=True))
+    np.savez(keras_home / "datasets" / "imdb.npz", **{**arrays, "x_test": hostile})
+    assert not marker.exists()
+    with pytest.raises(DataError, match="not allowed in a data set file"):
+        load_dataset(DataConfig(source="imdb"))
+    assert not marker.exists()
+
+
 def test_offline_and_missing_the_error_names_the_file_and_where(keras_home: Path, monkeypatch) -> None:
     from maas.tfkeras import keras
 
@@ -67,7 +103,7 @@ def test_a_cifar_batch_that_would_run_code_is_refused_unrun(keras_home: Path) ->
 
     batch = keras_home / "datasets" / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}))
-    with pytest.raises(DataError, match="not allowed in a CIFAR batch"):
+    with pytest.raises(DataError, match="not allowed in a data set file"):
         load_dataset(DataConfig(source="cifar10"))
     assert not marker.exists()
 
