@@ -29,7 +29,7 @@ Where a request is parsed, once:
    crosses a Serve handle as plain bytes (no tensor is decoded in the ingress); the ingress also
    reads which outputs the answer should carry as binary (``oip.v2_reply_options``).
 2. The model's host, which knows each served version's schema, picks the version the request
-   asks for, then parses v2 tensors (``oip.parse_v2_inputs``; binary ones decoded from their
+   asks for, then parses v2 tensors (``oip.parse_v2_tensor``; binary ones decoded from their
    bytes, ``oip_binary.decode_binary_tensor``) and checks the rows against that version's schema
    (``inputs.to_batch``). So a request is validated against the very model that
    answers it, even when a swap happens while it waits, and a model hosted in its own deployment

@@ -19,7 +19,7 @@ from maas.errors import MaasError, OverloadError, RegistryError, UnavailableErro
 from maas.serving.batching import Batcher, predict_grouped
 from maas.serving.inputs import to_batch
 from maas.serving.model import LoadedModel, Runtime, artifact_runtime
-from maas.serving.oip import parse_v2_inputs
+from maas.serving.oip import parse_v2_tensor
 from maas.serving.protocol import ApiProtocol
 from maas.serving.settings import ModelSettings
 from maas.serving.versions import ServingPlan, choose_version, plan_versions
@@ -234,7 +234,7 @@ class ModelHost:
                     f"model '{self.model_name}' is overloaded: {self.pending} requests are already "
                     f"waiting (max_pending_requests={self.settings.max_pending_requests})")
             model = self.models[choose_version(self.model_name, plan, version, label)]
-            rows = parse_v2_inputs(payload, model.schema) if protocol == "v2" else payload
+            rows = parse_v2_tensor(payload, model.schema) if protocol == "v2" else payload
             batch = to_batch(rows, model.schema, self.max_rows)
         except MaasError as exc:
             return dict(error_reply(exc))

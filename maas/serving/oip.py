@@ -20,6 +20,12 @@ OUTPUT = "probabilities"  # every model's one output tensor
 def parse_v2_inputs(body: Any, schema: DataSchema) -> list[Any] | np.ndarray:
     """The rows of a V2 infer request, as nested lists for ``to_batch`` to validate; an array of
     the tensor's shape when it came as binary data (``BinaryV2Request``, see ``oip_binary``)."""
+    return parse_v2_tensor(body, schema, numeric_arrays=False)
+
+
+def parse_v2_tensor(body: Any, schema: DataSchema, numeric_arrays: bool = True) -> list[Any] | np.ndarray:
+    """``parse_v2_inputs``, with JSON data that is all numbers (the usual case) parsed straight
+    into one array of the tensor's shape (``numeric_arrays``): what the serving path calls."""
     buffers: tuple[bytes | None, ...] = ()
     if isinstance(body, BinaryV2Request):
         body, buffers = body.header, body.buffers
@@ -52,13 +58,30 @@ def parse_v2_inputs(body: Any, schema: DataSchema) -> list[Any] | np.ndarray:
         raise RequestError(f"shape {shape} does not fit this model's input shape {expected}")
     if raw is not None:
         return decode_binary_tensor(tensor["name"], shape, datatype, raw)
-    flat = _flatten(tensor["data"])
     count = int(np.prod(shape))
+    if numeric_arrays and count and not schema.is_text:
+        fast = _numeric_array(tensor["data"], count)
+        if fast is not None:  # to_batch checks its values (finite) like any binary tensor's
+            return fast.reshape(shape)
+    flat = _flatten(tensor["data"])
     if len(flat) != count:
         raise RequestError(f"data holds {len(flat)} values but shape {shape} needs {count}")
     if schema.is_text:
         return flat
     return np.asarray(flat, dtype=object).reshape(shape).tolist() if count else []
+
+
+def _numeric_array(data: Any, count: int) -> np.ndarray | None:
+    """``data`` (flat or nested, as the protocol allows) straight into one numeric array when it
+    is one: ~10x cheaper than flattening it value by value. None for anything else (strings,
+    booleans, ragged or miscounted data), which takes the checked path for its message."""
+    if not isinstance(data, list):
+        return None
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        return None
+    return array if array.dtype.kind in "iuf" and array.size == count else None
 
 
 def _flatten(data: Any) -> list[Any]:
