@@ -1,6 +1,7 @@
 """``python -m maas models list|show``: what the registry holds; ``status``: the cluster on one
 screen; ``serve versions|rollback|refresh|show``: what a running Serve app serves; ``serve
-schema``: what a Serve config file may say about our application."""
+schema``: what a Serve config file may say about our application; ``score``: batch scoring on
+Ray Data (``maas/scoring.py``)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     status.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or auto)")
     _add_serve_commands(groups)
     _add_key_commands(groups)
+    score = groups.add_parser("score", help="batch scoring on Ray Data: a file of rows -> Parquet "
+                                            "with the prediction and class probabilities per row")
+    score.add_argument("--model", required=True, help="NAME, NAME:VERSION or NAME:LABEL")
+    score.add_argument("--input", required=True, help="Parquet or CSV file or directory (path or URI)")
+    score.add_argument("--output", required=True, help="Parquet directory to create (path or URI)")
+    score.add_argument("--format", default=None, help="parquet or csv (default: from --input's suffix)")
+    score.add_argument("--keep", default="", help="comma-separated input columns copied to the output (ids)")
+    score.add_argument("--actors", type=int, default=None, help="model-holding actors (default: CPUs)")
+    score.add_argument("--batch-size", type=int, default=4096, help="rows per model call")
+    score.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, the "
+                                                       "running cluster, or a new local one)")
     audit = groups.add_parser("audit", help="the audit trail beside the registry").add_subparsers(
         dest="action", required=True)
     audit.add_parser("verify", help="check every file's hash chain (edited or deleted lines)")
@@ -115,6 +127,12 @@ def run(args: argparse.Namespace) -> str:
         return key_command(args)
     if args.group == "audit":
         return audit_command(args)
+    if args.group == "score":
+        from maas.scoring import score
+
+        keep = tuple(c.strip() for c in args.keep.split(",") if c.strip())
+        return score(args.registry or default_registry_root(), args.model, args.input, args.output,
+                     args.actors, args.batch_size, keep, args.format, args.address).line()
     if args.action == "keygen" and args.master:
         from maas.artifacts.encryption import generate_master_key
 

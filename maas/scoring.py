@@ -1,0 +1,234 @@
+"""Batch scoring: ``python -m maas score --model NAME[:VERSION|:LABEL] --input IN --output OUT``.
+
+A registered version scores a Parquet or CSV file (or directory of them, local or a filesystem URI)
+on Ray Data: ``read_*`` -> ``map_batches`` over a pool of actors that each hold the model (loaded
+the way serving loads it: signature and hash checked, allow-listed, decrypted in memory, on the
+runtime its artefact needs) -> ``write_parquet``. Each output row carries the input's ``--keep``
+columns, ``prediction`` (the class label), ``probability_<class>`` per class and ``model_version``.
+
+The input is checked against the model's schema on the driver before any actor starts: which
+columns feed the model, their types, and the first row holding a null, NaN or infinity (named by
+row and column). A local output is written to a staging directory beside it and renamed into place
+when every row is scored, so a failed run leaves nothing at ``--output``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maas.data import DataSchema
+from maas.errors import ConfigError, DataError
+from maas.storage import is_uri
+
+FORMATS = ("parquet", "csv")
+
+
+@dataclass(frozen=True)
+class Features:
+    """Which input columns feed the model, in order, and how a row becomes the model's input."""
+
+    columns: tuple[str, ...]
+    shape: tuple[int, ...]
+    text: bool = False
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    name: str
+    version: int
+    rows: int
+    seconds: float
+    output: str
+    actors: int
+
+    def line(self) -> str:
+        rate = self.rows / self.seconds if self.seconds else 0.0
+        return (f"scored {self.rows} rows with {self.name} version {self.version} in {self.seconds:.1f}s "
+                f"({rate:,.0f} rows/s, {self.actors} actors) -> {self.output}")
+
+
+def input_format(path: str, declared: str | None = None) -> str:
+    if declared:
+        if declared not in FORMATS:
+            raise ConfigError(f"--format {declared!r}: expected one of {', '.join(FORMATS)}")
+        return declared
+    suffix = Path(path.rstrip("/")).suffix.lower().lstrip(".")
+    if suffix in FORMATS:
+        return suffix
+    if not suffix:  # a directory of files
+        return "parquet"
+    raise ConfigError(f"--input {path}: cannot tell its format from '.{suffix}' "
+                      f"(expected {', '.join('.' + f for f in FORMATS)}, or pass --format)")
+
+
+def feature_columns(schema: DataSchema, columns: dict[str, str], keep: tuple[str, ...] = ()) -> Features:
+    """``columns``: name -> arrow type text of the input. Text models read their one text column;
+    tabular models their named features; image-shaped models every other numeric column, in order."""
+    missing_keep = [c for c in keep if c not in columns]
+    if missing_keep:
+        raise DataError(f"--keep names columns the input lacks: {', '.join(missing_keep)}")
+    if schema.is_text:
+        named = (schema.feature_names or [None])[0]
+        texts = [named] if named in columns else [c for c, t in columns.items()
+                                                  if _is_text(t) and c not in keep]
+        if len(texts) != 1:
+            raise DataError(f"a text model needs one text column{f' ({named!r})' if named else ''}; "
+                            f"the input has {', '.join(f'{c} ({t})' for c, t in columns.items())}")
+        return Features((texts[0],), (), text=True)
+    if schema.feature_names:
+        lacking = [c for c in schema.feature_names if c not in columns]
+        if lacking:
+            raise DataError(f"the input lacks the model's feature columns {', '.join(lacking[:5])}"
+                            f"{' ...' if len(lacking) > 5 else ''} (it has {len(columns)} columns)")
+        chosen = list(schema.feature_names)
+    else:
+        chosen = [c for c in columns if c not in keep]
+    wrong = [f"{c} ({columns[c]})" for c in chosen if not _is_number(columns[c])]
+    if wrong:
+        raise DataError(f"feature columns must be numeric; not: {', '.join(wrong[:5])}")
+    needed = math.prod(schema.input_shape)
+    if len(chosen) != needed:
+        raise DataError(f"the input has {len(chosen)} feature columns; the model takes {needed} values "
+                        f"per row (shape {list(schema.input_shape)}); pass --keep for id columns")
+    return Features(tuple(chosen), tuple(schema.input_shape))
+
+
+def _is_text(arrow_type: str) -> bool:
+    return arrow_type in ("string", "large_string")
+
+
+def _is_number(arrow_type: str) -> bool:
+    return arrow_type.startswith(("int", "uint", "float", "double", "halffloat", "decimal"))
+
+
+def first_bad_row(batches: Any, features: Features) -> str | None:
+    """The first null, NaN or infinite value, as 'row R, column C (value)'; None if all are fine.
+    ``batches``: pyarrow record batches in file order."""
+    import pyarrow.compute as pc
+
+    offset = 0
+    for batch in batches:
+        for column in features.columns:
+            values = batch.column(column)
+            bad = pc.is_null(values, nan_is_null=True)
+            if not features.text:
+                bad = pc.or_(bad, pc.invert(pc.is_finite(pc.fill_null(values, 0))))
+            index = pc.index(bad, True).as_py()
+            if index >= 0:
+                return f"row {offset + index}, column {column!r} ({values[index].as_py()!r})"
+        offset += batch.num_rows
+    return None
+
+
+def rows_to_input(batch: dict[str, np.ndarray], features: Features) -> np.ndarray:
+    if features.text:
+        return np.asarray(batch[features.columns[0]], dtype=object)
+    stacked = np.stack([np.asarray(batch[c], np.float32) for c in features.columns], axis=1)
+    return stacked.reshape(-1, *features.shape)
+
+
+def scored_columns(batch: dict[str, np.ndarray], probabilities: np.ndarray, classes: list[Any],
+                   version: int, keep: tuple[str, ...]) -> dict[str, np.ndarray]:
+    out = {column: batch[column] for column in keep}
+    out["prediction"] = np.asarray([str(c) for c in classes], dtype=object)[probabilities.argmax(axis=1)]
+    for i, label in enumerate(classes):
+        out[f"probability_{label}"] = probabilities[:, i].astype(np.float32)
+    out["model_version"] = np.full(len(probabilities), version, dtype=np.int64)
+    return out
+
+
+class Scorer:
+    """One Ray Data actor: the model loaded once, then batch after batch."""
+
+    def __init__(self, root: str, name: str, version: int, features: Features, keep: tuple[str, ...]):
+        from maas.artifacts.signing import Verifier
+        from maas.serving.model import LoadedModel
+
+        self.model = LoadedModel.from_registry(root, name, version, Verifier.from_setting(None))
+        self.features, self.keep = features, keep
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        probabilities = self.model.predict(rows_to_input(batch, self.features))
+        return scored_columns(batch, probabilities, self.model.schema.classes, self.model.version, self.keep)
+
+
+def _arrow_dataset(path: str, fmt: str) -> Any:
+    import pyarrow.dataset as pads
+
+    from maas.storage import filesystem_for
+
+    fs, inner = filesystem_for(path)
+    try:
+        return pads.dataset(inner, format=fmt, filesystem=fs)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read --input {path} as {fmt}: {exc}") from None
+
+
+def check_input(path: str, fmt: str, schema: DataSchema, keep: tuple[str, ...]) -> tuple[Features, int]:
+    """Columns, types and values against the model's schema, before anything runs; the row count."""
+    dataset = _arrow_dataset(path, fmt)
+    columns = {field.name: str(field.type) for field in dataset.schema}
+    features = feature_columns(schema, columns, keep)
+    bad = first_bad_row(dataset.to_batches(columns=list(features.columns)), features)
+    if bad:
+        raise DataError(f"--input {path}: {bad}; every feature value must be present and finite "
+                        "(nothing was scored or written)")
+    return features, dataset.count_rows()
+
+
+def score(root: str, ref: str, input_path: str, output_path: str, actors: int | None = None,
+          batch_size: int = 4096, keep: tuple[str, ...] = (), fmt: str | None = None,
+          address: str | None = None) -> ScoreSummary:
+    import time
+
+    from maas.registry import Registry
+
+    name, _, version = ref.partition(":")
+    entry = Registry(root).get(name, version or None)
+    schema = DataSchema.from_dict(entry.metadata["schema"])
+    fmt = input_format(input_path, fmt)
+    features, rows = check_input(input_path, fmt, schema, keep)
+    started = time.perf_counter()
+    count, actors = _run(root, entry.name, entry.version, features, keep, input_path, output_path, fmt,
+                         actors, batch_size, address)
+    if count != rows:
+        raise DataError(f"scored {count} rows but the input has {rows}")
+    return ScoreSummary(entry.name, entry.version, count, time.perf_counter() - started, output_path,
+                        actors)
+
+
+def _run(root: str, name: str, version: int, features: Features, keep: tuple[str, ...], input_path: str,
+         output_path: str, fmt: str, actors: int | None, batch_size: int,
+         address: str | None) -> tuple[int, int]:
+    import ray
+    import ray.data
+
+    from maas.raycluster import init_ray
+
+    init_ray(address, logging_level="ERROR")
+    actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_csv
+    scored = read(input_path).map_batches(
+        Scorer, fn_constructor_args=(root, name, version, features, keep), batch_size=batch_size,
+        batch_format="numpy", concurrency=actors, num_cpus=1)
+    if is_uri(output_path):  # object stores have no rename: checked input, then written in place
+        scored.write_parquet(output_path)
+        return ray.data.read_parquet(output_path).count(), actors
+    final = Path(output_path).expanduser().resolve()
+    if final.exists():
+        raise ConfigError(f"--output {final} exists; choose a new path (nothing is overwritten)")
+    staging = final.with_name(f".{final.name}.staging-{uuid.uuid4().hex[:8]}")
+    try:
+        scored.write_parquet(str(staging))
+        count = ray.data.read_parquet(str(staging)).count()
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return count, actors
