@@ -213,9 +213,12 @@ def _run(root: str, name: str, version: int, features: Features, keep: tuple[str
     from maas.raycluster import init_ray
 
     init_ray(address, logging_level="ERROR")
-    actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # one CPU stays free for Ray Data's read and write tasks: with every CPU held by an actor
+    # they never get scheduled and the job waits forever (seen on a 2-CPU machine)
+    actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_csv
-    scored = read(input_path).map_batches(
+    # at least a few blocks per actor, or one big file would feed a single actor
+    scored = read(input_path, override_num_blocks=actors * 4).map_batches(
         Scorer, fn_constructor_args=(root, name, version, features, keep), batch_size=batch_size,
         batch_format="numpy", concurrency=actors, num_cpus=1)
     if is_uri(output_path):  # object stores have no rename: checked input, then written in place
