@@ -188,10 +188,10 @@ def score(root: str, ref: str, input_path: str, output_path: str, actors: int | 
           address: str | None = None) -> ScoreSummary:
     import time
 
+    from maas.optimize.source import parse_model_ref  # the one NAME[:VERSION|:LABEL] parser
     from maas.registry import Registry
 
-    name, _, version = ref.partition(":")
-    entry = Registry(root).get(name, version or None)
+    entry = Registry(root).get(*parse_model_ref(ref))
     schema = DataSchema.from_dict(entry.metadata["schema"])
     fmt = input_format(input_path, fmt)
     features, rows = check_input(input_path, fmt, schema, keep)

@@ -83,9 +83,11 @@ def keras_bytes_of(model: Any) -> bytes:
     import tempfile
     from pathlib import Path
 
+    from maas.tfkeras import save_model  # the project's one way of writing a .keras file
+
     with tempfile.TemporaryDirectory(prefix="maas-pruned-") as work:
         path = Path(work, "model.keras")
-        model.save(path)
+        save_model(model, str(path))
         return path.read_bytes()
 
 
