@@ -168,7 +168,7 @@ def test_deploy_as_a_job_then_metrics_reach_prometheus(head: dict[str, str]) -> 
         try:
             if requests.get(url, timeout=5).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, reset or timed out while the app starts
             pass
         time.sleep(2)
     body = {"instances": [[[0.0] * 8] * 8]}
