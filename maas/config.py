@@ -39,6 +39,8 @@ DatasetName = Literal["digits", "breast_cancer", "reviews", "mnist", "fashion_mn
                       "imdb", "csv", "parquet", "npz"]
 # no data.path: shipped with scikit-learn, generated, or Keras' data sets (maas/keras_datasets.py)
 BUILTIN_DATASETS = ("digits", "breast_cancer", "reviews", "mnist", "fashion_mnist", "cifar10", "imdb")
+MissingPolicy = Literal["refuse", "drop", "impute_mean", "impute_median"]
+IMPUTING = ("impute_mean", "impute_median")
 
 
 class DataConfig(StrictSchema):
@@ -51,6 +53,27 @@ class DataConfig(StrictSchema):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 0
+    missing: MissingPolicy = Field(
+        "refuse",
+        description="Empty (NaN) feature values: refuse (stop the job, naming the column), drop "
+                    "(the rows holding them, counted in the job log), impute_mean or impute_median "
+                    "(numeric columns filled with the training split's mean or median, inside the "
+                    "model, so serving fills them the same way; a categorical column's missing value "
+                    "is a category of its own). Infinity is always refused.")
+    categorical_columns: list[str] = Field(
+        default_factory=list,
+        description="csv/parquet: feature columns holding categories (strings, or integer codes). "
+                    "The model looks them up in a vocabulary taken from the training split; a "
+                    "category it never saw falls into one 'unknown' bucket. Not auto-detected: a "
+                    "numeric column with one stray word would silently become categorical.")
+    categorical_encoding: Literal["one_hot", "embedding"] = Field(
+        "one_hot", description="one_hot: one column per category (plus unknown); embedding: the "
+                               "category's integer id into a learnt Embedding of "
+                               "categorical_embedding_dim values.")
+    categorical_embedding_dim: int = Field(8, ge=1, description="Width of each column's Embedding.")
+    max_categories: int = Field(
+        1000, ge=1, description="Per categorical column: the most frequent categories of the "
+                                "training split kept in its vocabulary; rarer ones count as unknown.")
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataConfig:
@@ -59,6 +82,19 @@ class DataConfig(StrictSchema):
             raise ValueError(f"data.path is only for file sources; '{self.source}' is built in")
         if not builtin and not self.path:
             raise ValueError(f"data.source '{self.source}' needs data.path (the file to read)")
+        if self.missing != "refuse" and (builtin or self.text_column):
+            what = f"'{self.source}' is built in" if builtin else "data.text_column rows are text"
+            raise ValueError(f"data.missing={self.missing} is for numeric and categorical feature "
+                             f"columns of csv, parquet or npz files; {what}")
+        if self.categorical_columns:
+            if self.source not in ("csv", "parquet") or self.text_column:
+                raise ValueError("data.categorical_columns is for csv and parquet tables of features "
+                                 "(not with data.text_column)")
+            repeated = sorted({c for c in self.categorical_columns if self.categorical_columns.count(c) > 1})
+            if repeated:
+                raise ValueError(f"data.categorical_columns names {repeated} more than once")
+            if self.label_column in self.categorical_columns:
+                raise ValueError(f"data.categorical_columns names the label column '{self.label_column}'")
         return self
 
 

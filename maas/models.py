@@ -1,7 +1,8 @@
 """Pure model builders: ``build_model(config, schema, stats)`` -> compiled-ready Keras model.
 
 Input normalisation is a layer inside the model, so a served model takes raw feature values and
-training and serving cannot drift apart.
+training and serving cannot drift apart. So are missing-value filling and a table's categorical
+lookups (``maas/preprocessing.py``), from the fitted values in ``schema.preprocessing``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from maas import preprocessing
 from maas.config import ModelConfig, OptimizerConfig
 from maas.data import DataSchema
 from maas.errors import ModelError
@@ -18,6 +20,10 @@ from maas.tfkeras import keras
 
 def check_compatible(cfg: ModelConfig, schema: DataSchema) -> None:
     """Fail on the driver, before any worker starts, when model and data do not fit."""
+    if schema.is_table and cfg.type != "mlp":
+        raise ModelError(
+            f"model.type={cfg.type} does not fit data '{schema.source}': a table with categorical "
+            "columns (data.categorical_columns) is one row of values per example; use model.type=mlp")
     if (cfg.type == "text") != schema.is_text:
         wanted = "model.type=text" if schema.is_text else "model.type=mlp or cnn"
         raise ModelError(
@@ -47,9 +53,16 @@ def build_model(cfg: ModelConfig, schema: DataSchema, mean: np.ndarray | None,
     k = keras()
     if cfg.type == "text":
         return _text_model(k, cfg, schema, texts)
+    if schema.is_table:
+        inputs, x = _table_features(k, schema)
+        return k.Model(inputs, _classifier_head(k, x, cfg, schema), name=f"{cfg.type}_classifier")
     inputs = k.Input(shape=schema.input_shape, name="inputs", dtype="float32")
     axes = tuple(range(1, len(schema.input_shape) + 1))
-    x = k.layers.Normalization(axis=axes, mean=mean, variance=variance, name="normalize")(inputs)
+    x = inputs
+    fill = (schema.preprocessing or {}).get("fill")
+    if fill is not None:  # data.missing=impute_*: NaN -> the training split's mean or median
+        x = preprocessing.layers().FillMissing(fill, name="impute", dtype="float32")(x)
+    x = k.layers.Normalization(axis=axes, mean=mean, variance=variance, name="normalize")(x)
     if cfg.type == "cnn":
         x = _conv_stack(k, x, cfg, schema)
     x = k.layers.Flatten(name="flatten")(x)
@@ -64,6 +77,37 @@ def _classifier_head(k: Any, x: Any, cfg: ModelConfig, schema: DataSchema) -> An
     # float32 output even under mixed precision: softmax in float16 loses small probabilities
     return k.layers.Dense(schema.num_classes, activation="softmax", dtype="float32",
                           name="probabilities")(x)
+
+
+def _table_features(k: Any, schema: DataSchema) -> tuple[Any, Any]:
+    """One string matrix in (a cell per column), one feature vector out: numeric columns parsed,
+    filled and normalised; each categorical column looked up in its training vocabulary (an
+    unseen category -> the one out-of-vocabulary index), one-hot or embedded."""
+    fitted, names = schema.preprocessing or {}, list(schema.feature_names or [])
+    layers = preprocessing.layers()
+    inputs = k.Input(shape=(len(names),), dtype="string", name="inputs")
+    parts = []
+    numeric = [names.index(column) for column in fitted.get("numeric_columns") or []]
+    if numeric:
+        x = layers.TakeColumns(numeric, name="numeric_columns")(inputs)
+        x = layers.ParseNumbers(name="parse_numbers")(x)
+        if fitted.get("fill") is not None:
+            x = layers.FillMissing(fitted["fill"], name="impute", dtype="float32")(x)
+        parts.append(k.layers.Normalization(mean=fitted["mean"], variance=fitted["variance"],
+                                            name="normalize")(x))
+    vocabularies = fitted.get("categorical") or {}
+    for i, column in enumerate(c for c in names if c in vocabularies):
+        cell = layers.TakeColumns([names.index(column)], name=f"category_{i}")(inputs)
+        if fitted.get("encoding") == "embedding":
+            ids = k.layers.StringLookup(vocabulary=vocabularies[column], name=f"lookup_{i}")(cell)
+            vectors = k.layers.Embedding(len(vocabularies[column]) + 1, int(fitted["embedding_dim"]),
+                                         name=f"embed_{i}")(ids)
+            parts.append(k.layers.Flatten(name=f"flatten_{i}")(vectors))
+        else:
+            parts.append(k.layers.StringLookup(vocabulary=vocabularies[column], output_mode="one_hot",
+                                               name=f"one_hot_{i}")(cell))
+    x = k.layers.Concatenate(name="features")(parts) if len(parts) > 1 else parts[0]
+    return inputs, x
 
 
 def _text_model(k: Any, cfg: ModelConfig, schema: DataSchema, texts: np.ndarray | None) -> Any:

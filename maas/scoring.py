@@ -8,7 +8,10 @@ columns, ``prediction`` (the class label), ``probability_<class>`` per class and
 
 The input is checked against the model's schema on the driver before any actor starts: which
 columns feed the model, their types, and the first row holding a null, NaN or infinity (named by
-row and column). A local output is written to a staging directory beside it and renamed into place
+row and column; a model that fills missing values itself, trained with an imputing
+``data.missing``, takes nulls and NaN, never infinity). A model with categorical columns takes
+its named columns as text cells, the way it was trained (``maas/preprocessing.py``).
+A local output is written to a staging directory beside it and renamed into place
 when every row is scored, so a failed run leaves nothing at ``--output``.
 """
 
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from maas.data import DataSchema
+from maas.data import DataSchema, category_text
 from maas.errors import ConfigError, DataError
 from maas.storage import is_uri
 
@@ -37,6 +40,12 @@ class Features:
     columns: tuple[str, ...]
     shape: tuple[int, ...]
     text: bool = False
+    categorical: tuple[str, ...] = ()  # a table model's categorical columns (text cells in)
+    missing_ok: bool = False  # the model fills missing values itself
+
+    @property
+    def table(self) -> bool:
+        return bool(self.categorical)
 
 
 @dataclass(frozen=True)
@@ -90,14 +99,21 @@ def feature_columns(schema: DataSchema, columns: dict[str, str], keep: tuple[str
         chosen = list(schema.feature_names)
     else:
         chosen = [c for c in columns if c not in keep]
-    wrong = [f"{c} ({columns[c]})" for c in chosen if not _is_number(columns[c])]
+    categorical = schema.categorical
+    wrong = [f"{c} ({columns[c]})" for c in chosen if c not in categorical and not _is_number(columns[c])]
     if wrong:
         raise DataError(f"feature columns must be numeric; not: {', '.join(wrong[:5])}")
+    wrong = [f"{c} ({columns[c]})" for c in chosen if c in categorical
+             and not (_is_text(columns[c]) or columns[c].startswith(("int", "uint", "bool")))]
+    if wrong:
+        raise DataError(f"categorical columns must be text or integer codes; not: {', '.join(wrong[:5])}")
     needed = math.prod(schema.input_shape)
     if len(chosen) != needed:
         raise DataError(f"the input has {len(chosen)} feature columns; the model takes {needed} values "
                         f"per row (shape {list(schema.input_shape)}); pass --keep for id columns")
-    return Features(tuple(chosen), tuple(schema.input_shape))
+    return Features(tuple(chosen), tuple(schema.input_shape),
+                    categorical=tuple(c for c in chosen if c in categorical),
+                    missing_ok=schema.accepts_missing)
 
 
 def _is_text(arrow_type: str) -> bool:
@@ -109,17 +125,29 @@ def _is_number(arrow_type: str) -> bool:
 
 
 def first_bad_row(batches: Any, features: Features) -> str | None:
-    """The first null, NaN or infinite value, as 'row R, column C (value)'; None if all are fine.
-    ``batches``: pyarrow record batches in file order."""
+    """The first null, NaN or infinite value (for a model that fills missing values: the first
+    infinite one), as 'row R, column C (value)'; None if all are fine. ``batches``: pyarrow record
+    batches in file order."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     offset = 0
     for batch in batches:
         for column in features.columns:
             values = batch.column(column)
-            bad = pc.is_null(values, nan_is_null=True)
-            if not features.text:
-                bad = pc.or_(bad, pc.invert(pc.is_finite(pc.fill_null(values, 0))))
+            if column in features.categorical:
+                empty = pc.equal(pc.cast(values, pa.string()), "")
+                bad = pc.or_(pc.is_null(values), pc.fill_null(empty, False))
+                if features.missing_ok:
+                    continue
+            elif features.missing_ok:
+                if not pa.types.is_floating(values.type):
+                    continue  # integers: never infinite, and a null is a missing value it fills
+                bad = pc.fill_null(pc.is_inf(values), False)
+            else:
+                bad = pc.is_null(values, nan_is_null=True)
+                if not features.text:
+                    bad = pc.or_(bad, pc.invert(pc.is_finite(pc.fill_null(values, 0))))
             index = pc.index(bad, True).as_py()
             if index >= 0:
                 return f"row {offset + index}, column {column!r} ({values[index].as_py()!r})"
@@ -130,6 +158,13 @@ def first_bad_row(batches: Any, features: Features) -> str | None:
 def rows_to_input(batch: dict[str, np.ndarray], features: Features) -> np.ndarray:
     if features.text:
         return np.asarray(batch[features.columns[0]], dtype=object)
+    if features.table:  # the cells as training wrote them (maas.data.table_text)
+        cells = np.empty((len(batch[features.columns[0]]), len(features.columns)), dtype=object)
+        for j, column in enumerate(features.columns):
+            values = batch[column]
+            cells[:, j] = [category_text(v) for v in values.tolist()] if column in features.categorical \
+                else np.asarray(values, np.float32).astype(str)
+        return cells
     stacked = np.stack([np.asarray(batch[c], np.float32) for c in features.columns], axis=1)
     return stacked.reshape(-1, *features.shape)
 
@@ -178,8 +213,10 @@ def check_input(path: str, fmt: str, schema: DataSchema, keep: tuple[str, ...]) 
     features = feature_columns(schema, columns, keep)
     bad = first_bad_row(dataset.to_batches(columns=list(features.columns)), features)
     if bad:
-        raise DataError(f"--input {path}: {bad}; every feature value must be present and finite "
-                        "(nothing was scored or written)")
+        rule = "must be finite (this model fills missing ones)" if features.missing_ok else \
+            "must be present and finite"
+        raise DataError(f"--input {path}: {bad}; every feature value {rule} (nothing was scored or "
+                        "written)")
     return features, dataset.count_rows()
 
 

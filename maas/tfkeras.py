@@ -33,5 +33,9 @@ def save_model(model: object, path: str) -> None:
 
 
 def load_model(path: str, compile: bool = True) -> object:
-    """Load a Keras v3 file with safe mode on: no arbitrary code (lambdas) is deserialised."""
+    """Load a Keras v3 file with safe mode on: no arbitrary code (lambdas) is deserialised. Our
+    own preprocessing layers (``maas.preprocessing``) are registered first."""
+    from maas.preprocessing import register
+
+    register()
     return keras().models.load_model(path, safe_mode=True, compile=compile)

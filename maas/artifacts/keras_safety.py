@@ -8,6 +8,12 @@ Keras built-ins that our builders (``maas/models.py``) use, and nothing may name
 custom or registered object, or a module outside Keras. HDF5 (``.h5``) models, which ignore safe
 mode altogether, are refused outright. The weights (``model.weights.h5``) are arrays read by
 h5py and carry no code.
+
+The one exception to "no registered object": our own preprocessing layers (``OWN_LAYERS``, from
+``maas/preprocessing.py``: take columns, parse numbers, fill NaN), each by its exact class name,
+module and ``maas>`` registered name. Their code is this package's, never the file's; their
+config holds only numbers. A lookup layer's vocabulary must be written in the config (a list):
+a string there is a path Keras would read from the serving machine's disk.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import zipfile
 from typing import Any
 
 from maas.errors import IntegrityError
+from maas.preprocessing import LAYER_NAMES, MODULE, PACKAGE
 
 ALLOWED: dict[str, frozenset[str]] = {
     "keras.layers": frozenset({
         "InputLayer", "Dense", "Dropout", "Flatten", "Normalization", "Reshape", "Conv1D",
         "Conv2D", "MaxPooling2D", "GlobalMaxPooling1D", "Embedding", "LSTM", "Bidirectional",
-        "TextVectorization", "Rescaling"}),
+        "TextVectorization", "Rescaling", "StringLookup", "Concatenate"}),
     "keras.initializers": frozenset({
         "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal", "Orthogonal", "RandomUniform",
         "RandomNormal", "TruncatedNormal", "Zeros", "Ones", "Constant"}),
@@ -36,6 +43,9 @@ ALLOWED: dict[str, frozenset[str]] = {
 ACTIVATIONS = frozenset({"relu", "gelu", "tanh", "elu", "selu", "swish", "silu", "sigmoid", "softmax",
                          "linear", "hard_sigmoid", "softplus", "softsign", "exponential"})
 ACTIVATION_KEYS = ("activation", "recurrent_activation")
+OWN_LAYERS = frozenset((MODULE, name, f"{PACKAGE}>{name}") for name in LAYER_NAMES)
+LOOKUP_LAYERS = frozenset({"StringLookup", "TextVectorization"})
+LOOKUP_FILE_KEYS = ("vocabulary", "idf_weights")  # a string here is a file Keras reads on load
 ARCHIVE_FILES = ("config.json", "metadata.json", "model.weights.h5")
 KERAS_FORMAT = ".keras"
 
@@ -88,8 +98,15 @@ def _problems(node: Any, path: str):
 def _object_problems(node: dict[str, Any], path: str):
     module, name = node.get("module"), node.get("class_name")
     where = f"{path} ({module}.{name})"
+    registered = node.get("registered_name")
+    if (module, name, registered) in OWN_LAYERS:
+        return
     if name not in ALLOWED.get(str(module), frozenset()):
         yield f"{where}: not an allowed Keras built-in"
-    registered = node.get("registered_name")
     if registered not in (None, name):
         yield f"{where}: a registered custom object {registered!r}"
+    config = node.get("config")
+    if name in LOOKUP_LAYERS and isinstance(config, dict):
+        for key in LOOKUP_FILE_KEYS:
+            if config.get(key) is not None and not isinstance(config[key], list):
+                yield f"{where}: its {key} names a file ({config[key]!r}) instead of listing its values"

@@ -30,7 +30,7 @@ class KerasPredictor:
 
         tf = tensorflow()
         spec = tf.TensorSpec([None, *self.schema.input_shape],
-                             tf.string if self.schema.is_text else tf.float32)
+                             tf.string if self.schema.string_input else tf.float32)
         model = self.model
         self._call = tf.function(lambda batch: model(batch, training=False), input_signature=[spec],
                                  autograph=False)
@@ -73,7 +73,7 @@ def call_latency_ms(predictor: Predictor, rows: np.ndarray, batch: int, repeats:
 def measure(predictor: Predictor, splits: Splits, parent_labels: np.ndarray | None, size_bytes: int,
             cfg: EvaluationSection) -> dict[str, float]:
     """The trade-off figures of one variant (or of the parent, with ``parent_labels=None``)."""
-    x_test = splits.x_test if splits.schema.is_text else np.asarray(splits.x_test, np.float32)
+    x_test = splits.x_test if splits.schema.string_input else np.asarray(splits.x_test, np.float32)
     predicted = predict_all(predictor, x_test).argmax(axis=1)
     figures = {
         "test_accuracy": float(np.mean(predicted == splits.y_test)),

@@ -16,6 +16,11 @@ TEXT_REFUSAL = (
     "{what} tokenises text inside the model (TextVectorization): its string operations have no "
     "useful {target} equivalent ({why}), so no {target} variant is made. What works instead: the "
     "'savedmodel' variant, which keeps the tokeniser, or serving the Keras version as it is")
+TABLE_REFUSAL = (
+    "{what} takes a table as one string matrix and parses it inside the model (numbers from text, "
+    "categories looked up in vocabularies; maas/preprocessing.py): {target} has no useful "
+    "equivalent of those string operations, so no {target} variant is made. What works instead: "
+    "the 'savedmodel' and 'pruned' variants, or serving the Keras version as it is")
 WHY = {"ONNX": "tf2onnx needs onnxruntime-extensions and its outputs still differ",
        "TFLite": "its string ops are no TFLite built-ins; they would need TensorFlow select ops (the "
                  "Flex delegate), which standard edge runtimes do not include"}
@@ -31,6 +36,8 @@ class OnnxExport:
 def refuse_text_models(model: Any, schema: DataSchema, what: str, target: str = "ONNX") -> None:
     """ONNX (or TFLite) cannot usefully represent in-model tokenisation: say why and what to use
     instead."""
+    if schema.is_table:
+        raise ModelError(TABLE_REFUSAL.format(what=what, target=target))
     tokenises = any(type(layer).__name__ == "TextVectorization" for layer in model.layers)
     if schema.is_text or tokenises:
         raise ModelError(TEXT_REFUSAL.format(what=what, target=target, why=WHY[target]))

@@ -197,7 +197,8 @@ def _pruned(variant: PrunedVariant, parent: Parent, splits: Splits) -> Built:
     training = (parent.version.metadata.get("config") or {}).get("training") or {}
     optimizer = (parent.version.metadata.get("config") or {}).get("optimizer") or {}
     pruned = prune_and_finetune(
-        parent.keras_bytes, KERAS_FILE, parent.what, np.asarray(splits.x_train, np.float32),
+        parent.keras_bytes, KERAS_FILE, parent.what,
+        splits.x_train if splits.schema.string_input else np.asarray(splits.x_train, np.float32),
         np.asarray(splits.y_train), variant.target_sparsity, variant.epochs,
         variant.batch_size or int(training.get("batch_size", 64)),
         variant.learning_rate or float(optimizer.get("learning_rate", 1e-3)) / 10, variant.seed)
@@ -269,7 +270,7 @@ def publish_variant(registry: Registry, parent: Parent, files: dict[str, bytes],
 
 
 def _test_rows(splits: Splits) -> np.ndarray:
-    return splits.x_test if splits.schema.is_text else np.asarray(splits.x_test, np.float32)
+    return splits.x_test if splits.schema.string_input else np.asarray(splits.x_test, np.float32)
 
 
 COLUMNS = ("variant", "version", "test_accuracy", "top1_agreement", "size_bytes", "max_abs_diff")

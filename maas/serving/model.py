@@ -93,7 +93,7 @@ class LoadedModel:
 
         tf = tensorflow()
         spec = tf.TensorSpec([None, *self.schema.input_shape],
-                             tf.string if self.schema.is_text else tf.float32)
+                             tf.string if self.schema.string_input else tf.float32)
         model = self.model
 
         def call(batch: Any) -> Any:
@@ -119,6 +119,9 @@ class LoadedModel:
     def example_batch(self) -> np.ndarray:
         if self.schema.is_text:
             return np.array([""])
+        if self.schema.is_table:  # numbers "0", categories "" (missing or unknown: a valid lookup)
+            categorical, names = self.schema.categorical, self.schema.feature_names or []
+            return np.array([["" if name in categorical else "0" for name in names]], dtype=object)
         return np.zeros((1, *self.schema.input_shape), dtype=np.float32)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

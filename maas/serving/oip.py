@@ -50,16 +50,17 @@ def parse_v2_tensor(body: Any, schema: DataSchema, numeric_arrays: bool = True) 
     if not isinstance(shape, list) or not shape or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise RequestError(f"shape must be a list of non-negative integers, got {shape!r}")
-    wanted = "BYTES" if schema.is_text else "FP32 (or another numeric type)"
-    if (datatype == "BYTES") != schema.is_text or (datatype != "BYTES" and datatype not in V2_NUMERIC):
+    wanted = "BYTES" if schema.string_input else "FP32 (or another numeric type)"
+    if (datatype == "BYTES") != schema.string_input or (datatype != "BYTES" and datatype not in V2_NUMERIC):
         raise RequestError(f"datatype {datatype!r} does not fit this model; expected {wanted}")
     expected = [-1, *schema.input_shape]
     if list(shape[1:]) != list(schema.input_shape):
         raise RequestError(f"shape {shape} does not fit this model's input shape {expected}")
     if raw is not None:
-        return decode_binary_tensor(tensor["name"], shape, datatype, raw)
+        decoded = decode_binary_tensor(tensor["name"], shape, datatype, raw)
+        return _rows(decoded, shape) if schema.is_table else decoded
     count = int(np.prod(shape))
-    if numeric_arrays and count and not schema.is_text:
+    if numeric_arrays and count and not schema.string_input:
         fast = _numeric_array(tensor["data"], count)
         if fast is not None:  # to_batch checks its values (finite) like any binary tensor's
             return fast.reshape(shape)
@@ -68,7 +69,11 @@ def parse_v2_tensor(body: Any, schema: DataSchema, numeric_arrays: bool = True) 
         raise RequestError(f"data holds {len(flat)} values but shape {shape} needs {count}")
     if schema.is_text:
         return flat
-    return np.asarray(flat, dtype=object).reshape(shape).tolist() if count else []
+    return _rows(flat, shape)
+
+
+def _rows(flat: list[Any], shape: list[int]) -> list[Any]:
+    return np.asarray(flat, dtype=object).reshape(shape).tolist() if flat else []
 
 
 def _numeric_array(data: Any, count: int) -> np.ndarray | None:
@@ -113,7 +118,7 @@ def v2_model_metadata(status: dict[str, Any]) -> dict[str, Any]:
         "name": status["name"],
         "versions": [str(v) for v in status["served_versions"]],
         "platform": "tensorflow_keras",
-        "inputs": [{"name": "inputs", "datatype": "BYTES" if schema.is_text else "FP32",
+        "inputs": [{"name": "inputs", "datatype": "BYTES" if schema.string_input else "FP32",
                     "shape": [-1, *schema.input_shape]}],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, schema.num_classes]}],
     }

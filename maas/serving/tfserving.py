@@ -47,7 +47,7 @@ def tf_serving_metadata(status: dict[str, Any]) -> dict[str, Any]:
 
     signature = {
         "inputs": {"inputs": tensor("serving_default_inputs:0",
-                                    "DT_STRING" if schema.is_text else "DT_FLOAT",
+                                    "DT_STRING" if schema.string_input else "DT_FLOAT",
                                     [-1, *schema.input_shape])},
         "outputs": {"probabilities": tensor("StatefulPartitionedCall:0", "DT_FLOAT",
                                             [-1, schema.num_classes])},
