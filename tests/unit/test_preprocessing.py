@@ -230,6 +230,21 @@ def test_a_table_model_round_trips_through_the_safe_loader_and_fills_and_looks_u
     assert not np.allclose(reloaded[3], reloaded[5])  # a known plan is not the unknown bucket
 
 
+def test_several_workers_feed_the_string_matrix_through_tf_data(tmp_path: Path) -> None:
+    """With more than one worker, training builds a tf.data pipeline per worker (the integration
+    test trains on one, Keras' array feed): a table's text cells go through it unchanged."""
+    from maas.training import _as_model_input, _make_dataset_fn
+
+    splits = _table_splits(tmp_path)
+    model = _trained(splits, epochs=1)
+    dataset = _make_dataset_fn(splits.x_train, splits.y_train, 16, seed=0)(None)
+    cells, labels = next(iter(dataset))
+    assert cells.dtype.name == "string" and tuple(cells.shape) == (16, 3) and tuple(labels.shape) == (16,)
+    history = model.fit(dataset, steps_per_epoch=3, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert _as_model_input(splits.x_val).dtype.kind == "U"
+
+
 def test_the_one_hot_lookup_gives_unseen_categories_the_unknown_column(tmp_path: Path) -> None:
     from maas.tfkeras import keras
 
