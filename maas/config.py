@@ -45,7 +45,10 @@ IMPUTING = ("impute_mean", "impute_median")
 
 class DataConfig(StrictSchema):
     source: DatasetName = "digits"
-    path: str | None = Field(None, description="File for csv/parquet/npz sources.")
+    path: str | None = Field(
+        None, description="File for csv/parquet/npz sources. A relative path that exists is made "
+                          "absolute where the config is first read (the driver), so that training "
+                          "workers, whose working directory differs, read the same file.")
     label_column: str = "label"
     text_column: str | None = Field(None, description="csv/parquet: one text feature instead of numbers")
     classes: list[int | str] | None = Field(
@@ -74,6 +77,14 @@ class DataConfig(StrictSchema):
     max_categories: int = Field(
         1000, ge=1, description="Per categorical column: the most frequent categories of the "
                                 "training split kept in its vocabulary; rarer ones count as unknown.")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: str | None) -> str | None:
+        if not path or "://" in path:
+            return path
+        local = Path(path).expanduser()
+        return str(local.resolve()) if not local.is_absolute() and local.exists() else path
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataConfig:

@@ -93,3 +93,13 @@ def test_registry_default_follows_environment(monkeypatch: pytest.MonkeyPatch) -
     assert validate_config(TrainJobConfig, {}).registry.root == "/srv/models"
     monkeypatch.delenv("MAAS_REGISTRY")
     assert validate_config(TrainJobConfig, {}).registry.root.endswith(".maas/registry")
+
+
+def test_a_relative_data_path_is_made_absolute_where_it_exists(tmp_path: Path, monkeypatch) -> None:
+    """Ray Train workers run in another working directory: they get the driver's absolute path."""
+    (tmp_path / "t.csv").write_text("a,label\n1,0\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(REPO / "configs/train/digits_mlp.yaml", ["data.source=csv", "data.path=t.csv"]
+                       ).data.path == str((tmp_path / "t.csv").resolve())
+    assert load_config(REPO / "configs/train/digits_mlp.yaml", ["data.source=csv", "data.path=no.csv"]
+                       ).data.path == "no.csv"  # the data loader names the missing file as given
