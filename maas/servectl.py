@@ -7,6 +7,13 @@ model hosted in the ingress) and deploys it back. Serve then calls ``reconfigure
 replica that hosts the model, and on replicas started later: each loads and warms the versions
 now picked before they take traffic, and nothing restarts.
 
+The admin HTTP routes (``serve/admin.py``) do the same from inside a replica. A replica cannot
+change its deployment's ``user_config`` by itself (its own ``reconfigure`` would change that one
+replica, and the next replica Serve starts would get the old settings), so they go to the Serve
+controller, the actor behind the dashboard's Serve API: ``ServeController`` reads the live config
+and deploys the changed one with the same two controller calls the dashboard makes
+(``get_serve_instance_details``, ``apply_config``), and ``apply`` runs the same edit either way.
+
 The config edits are pure functions of dicts, unit-tested without a cluster.
 """
 
@@ -14,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from maas.errors import ClusterError, ConfigError
 from maas.schema import validate_config
@@ -57,16 +65,26 @@ def parse_label(text: str) -> tuple[str, int | str | None]:
     return name, int(value)
 
 
-def live_config(details: dict[str, Any]) -> dict[str, Any]:
-    """The deployable Serve config (``serve deploy`` format) behind ``GET /api/serve/applications/``."""
-    applications = []
+def live_config(details: dict[str, Any], app_name: str | None = None) -> dict[str, Any]:
+    """The deployable Serve config (``serve deploy`` format) behind ``GET /api/serve/applications/``:
+    the applications deployed from a config file. Serve leaves applications deployed from Python
+    (``serve.run``) alone when a config is deployed, so they are left out; ``app_name`` (or, when
+    not given, the only applications there are) must not be one of them."""
+    applications, from_python = [], []
     for name, app in (details.get("applications") or {}).items():
         deployed = app.get("deployed_app_config")
-        if not deployed:
+        # "source" says how it was deployed last; a config checkpoint can outlive a serve.run
+        if deployed and app.get("source", "declarative") == "declarative":
+            applications.append(deployed)
+        else:
+            from_python.append(name)
+    wanted = [app_name] if app_name is not None else ([] if applications else from_python)
+    for name in wanted:
+        if name in from_python:
             raise ServeCtlError(
                 f"application '{name}' was deployed from Python (serve.run), not from a config "
-                "file; redeploy it with `serve deploy configs/serve/<file>.yaml` to manage it here")
-        applications.append(deployed)
+                "file; redeploy it with `serve deploy configs/serve/<file>.yaml` to manage it here",
+                status=409)
     if not applications:
         raise ServeCtlError("no Serve application is running on this cluster")
     config: dict[str, Any] = {"applications": applications}
@@ -176,18 +194,84 @@ def dashboard_address(address: str | None) -> str:
     return address
 
 
-def apply(address: str | None, app_name: str, model: str, action: str, to: int | None = None,
-          registry: str | None = None,
-          edit: Callable[[ModelSettings], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Read the live config once, compute the change, deploy it; returns the new user_config.
-    ``edit`` turns the current settings into the changes for ``versions``."""
-    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+class ServeApi(Protocol):
+    """Where the live Serve config is read and deployed."""
 
+    def details(self) -> dict[str, Any]: ...
+
+    def deploy(self, config: dict[str, Any]) -> None: ...
+
+
+class Dashboard:
+    """The dashboard's Serve REST API (what ``serve deploy`` and the CLI use, from anywhere)."""
+
+    def __init__(self, address: str | None = None):
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        self.url = dashboard_address(address)
+        self.client = ServeSubmissionClient(self.url)
+
+    def details(self) -> dict[str, Any]:
+        return _dashboard_call(self.url, self.client.get_serve_details)
+
+    def deploy(self, config: dict[str, Any]) -> None:
+        _dashboard_call(self.url, lambda: self.client.deploy_applications(config))
+
+
+class ServeController:
+    """The Serve controller itself, from a process already in the cluster (a replica): the
+    calls the dashboard's Serve API makes on it, without the dashboard. Blocking: run it in a
+    thread from async code."""
+
+    def __init__(self) -> None:
+        from ray.serve.context import _get_global_client
+
+        self.client = _get_global_client()
+
+    def details(self) -> dict[str, Any]:
+        return self.client.get_serve_details()
+
+    def deploy(self, config: dict[str, Any]) -> None:
+        from ray.exceptions import RayTaskError
+        from ray.serve.schema import ServeDeploySchema
+
+        try:
+            self.client.deploy_apps(ServeDeploySchema.model_validate(config))
+        except RayTaskError as exc:  # the dashboard answers this one 400; the same message here
+            raise ClusterError(f"the Serve controller refused the new config: {exc}") from None
+
+
+def app_status(api: ServeApi, app_name: str) -> str:
+    """The application's status as Serve reports it (RUNNING, DEPLOYING, DEPLOY_FAILED, ...)."""
+    app = (api.details().get("applications") or {}).get(app_name)
+    return app.get("status", "UNKNOWN") if app else "NOT_FOUND"
+
+
+def wait_running(api: ServeApi, app_name: str, timeout_s: float, poll_s: float = 0.2) -> bool:
+    """Whether the application is RUNNING again within ``timeout_s``: after a deploy, Serve marks
+    it DEPLOYING at once and RUNNING when every replica has run ``reconfigure`` (for a version
+    change: loaded and warmed it, or kept what it served and recorded why)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if app_status(api, app_name) == "RUNNING":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+
+
+def apply(api: ServeApi | str | None, app_name: str, model: str, action: str, to: int | None = None,
+          registry: str | None = None,
+          edit: Callable[[ModelSettings], dict[str, Any]] | None = None,
+          audit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read the live config once, compute the change, deploy it; returns the new user_config.
+    ``api``: a ``ServeApi``, or the dashboard's address (None: the default one). ``edit`` turns
+    the current settings into the changes for ``versions``. ``audit``: more fields for the
+    trail's entry (the admin routes add the key id and request id)."""
     from maas.registry import Registry
 
-    url = dashboard_address(address)
-    client = ServeSubmissionClient(url)
-    config = live_config(_dashboard_call(url, client.get_serve_details))
+    api = Dashboard(api) if api is None or isinstance(api, str) else api
+    config = live_config(api.details(), app_name)
     settings = model_settings(config, app_name, model)
     if action == "show":
         return settings.model_dump(mode="json", exclude_none=True)
@@ -203,11 +287,11 @@ def apply(address: str | None, app_name: str, model: str, action: str, to: int |
     else:
         changes = edit(settings) if edit is not None else {}
     updated = with_settings(config, app_name, model, changes)
-    _dashboard_call(url, lambda: client.deploy_applications(updated))
+    api.deploy(updated)
     from maas.audit import audit_root, record
 
     record(audit_root(registry_root(config, app_name, registry)), "serve.settings_changed",
-           app=app_name, model=model, command=action, changes=changes)
+           app=app_name, model=model, command=action, changes=changes, **(audit or {}))
     return model_settings(updated, app_name, model).model_dump(mode="json", exclude_none=True)
 
 

@@ -28,6 +28,7 @@ from maas.serving.settings import (
     ingress_model_settings,
 )
 from maas.serving.tfserving import format_response, tf_serving_metadata, tf_serving_status
+from serve.admin import Admin
 from serve.dataplane import Dataplane
 from serve.deployments import ModelServer
 from serve.http import FastRoutes, body_spec, http, json_response
@@ -64,9 +65,10 @@ http.add_middleware(FastRoutes, routes=[
 
 @serve.deployment(name=INGRESS, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(http)
-class Ingress(Dataplane):
+class Ingress(Dataplane, Admin):
     """Routes requests to each model: to its own ``ModelServer`` deployment, or to a
-    ``ModelHost`` in this replica for models with ``hosting: ingress``."""
+    ``ModelHost`` in this replica for models with ``hosting: ingress``; the admin routes
+    (``serve/admin.py``) change what they serve."""
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Settings of the models hosted here (``IngressSettings``), applied live on every

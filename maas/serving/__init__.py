@@ -5,7 +5,9 @@ keeps its protocol endpoints apart from its data plane and model:
 settings.py    the Serve config's schemas (app ``args``, a model's ``user_config``) and the one
                order in which a model's settings are resolved
 versions.py    version policy + labels -> what a model serves; which version a request gets
-auth.py        API keys on predict
+auth.py        API keys on predict, and admin keys on the admin routes
+keys.py        the store of scoped keys (hashed; models, role, rate)
+admin.py       what the admin routes (``serve/admin.py``) accept and answer
 inputs.py      a request's rows checked against a version's schema -> one float32 (or string) batch
 tfserving.py   TensorFlow Serving REST (v1): the request envelope, response, status and metadata
 oip.py         Open Inference Protocol (v2): tensors in, tensors out, model metadata

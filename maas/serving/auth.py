@@ -1,7 +1,10 @@
-"""API keys on predict routes: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+"""API keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
 Scoped keys (``keys.py``: models, role, rate) are checked by ``KeyChecker``; plain keys listed in
-the app's ``api_keys`` (the older form) keep working and may call every model.
+the app's ``api_keys`` (the older form) keep working on predict routes and may call every model.
+Admin routes (``serve/admin.py``) take only a scoped key with role ``admin`` whose models cover
+the model acted on, and stay closed when no such key exists (predict is open without keys; admin
+never is).
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def presented_key(headers: Mapping[str, str]) -> str:
         raise RequestError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                            status=401)
     return given
+
+
+def require_scope(key: ApiKey, model: str) -> None:
+    """403 unless ``key`` may act on ``model``."""
+    if not key.may_call(model):
+        raise RequestError(f"API key {key.id} may not manage model '{model}' (its models: "
+                           f"{', '.join(key.models)})", status=403)
 
 
 @dataclass
@@ -97,6 +107,28 @@ class KeyChecker:
                                f"{', '.join(key.models)})", status=403)
         self._spend(key)
         return key.id
+
+    def authorize_admin(self, headers: Any, model: str | None) -> ApiKey:
+        """The caller's scoped key for an admin route acting on ``model`` (None: a route over
+        every model it may manage, which filters by ``ApiKey.may_call``): 401 without a key; 403
+        for a plain key, an unknown or revoked key, a key of role ``predict``, or a key outside
+        its models; 429 past its rate."""
+        self.refresh()
+        given = presented_key(headers)
+        if not self.keys:
+            raise RequestError("admin routes need a scoped API key with role admin "
+                               "(python -m maas keys create --role admin --models NAME|'*')", status=403)
+        if any(hmac.compare_digest(given.encode(), k.encode()) for k in self.plain):
+            raise RequestError("plain API keys (api_keys) may only predict; admin routes need a "
+                               "scoped key with role admin", status=403)
+        key = self._scoped(given)
+        if key.role != "admin":
+            raise RequestError(f"API key {key.id} has role {key.role}; this route needs role admin",
+                               status=403)
+        if model is not None:
+            require_scope(key, model)
+        self._spend(key)
+        return key
 
     def _scoped(self, given: str) -> ApiKey:
         key_id, _, secret = given.removeprefix(PREFIX).partition(".")

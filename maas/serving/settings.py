@@ -127,6 +127,11 @@ class ServeAppConfig(StrictSchema):
                     "audit_payload_max_bytes. Off by default: payloads may be personal data.")
     audit_payload_max_bytes: int = Field(
         65536, ge=0, description="Bytes of each request and response body kept when audit_payloads is on.")
+    admin_wait_s: float = Field(
+        60, ge=0, le=600,
+        description="How long an admin route that changes a model's settings waits for every "
+                    "replica to apply them before answering (200); past it, 202 and the change "
+                    "goes on.")
     retry_after_s: float = Field(
         1.0, gt=0, le=3600,
         description="Seconds a client is told to wait (Retry-After) when a model's queue is full (503).")

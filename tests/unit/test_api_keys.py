@@ -125,3 +125,51 @@ def test_the_claimed_key_id_is_read_without_the_secret() -> None:
     assert claimed_key_id({"x-api-key": "maas_abc123.s3cret"}) == "abc123"
     assert claimed_key_id({"x-api-key": "plain-key"}) is None
     assert claimed_key_id({}) is None
+
+
+@pytest.mark.parametrize(("role", "models", "model", "status", "message"), [
+    ("predict", ["*"], "m", 403, "has role predict; this route needs role admin"),
+    ("admin", ["other"], "m", 403, "may not manage model 'm'"),
+    ("admin", ["m"], "m", None, None),
+    ("admin", ["*"], "m", None, None),
+    ("admin", ["other"], None, None, None),  # a route over every model: filtered by scope later
+])
+def test_admin_routes_take_only_admin_keys_within_their_models(store: KeyFile, role, models, model,
+                                                              status, message) -> None:
+    record, key = store.create(models, role=role)
+    checker = KeyChecker(store.path)
+    if status is None:
+        assert checker.authorize_admin(bearer(key), model) == record
+        return
+    with pytest.raises(RequestError, match=message) as refused:
+        checker.authorize_admin(bearer(key), model)
+    assert refused.value.status == status
+
+
+def test_admin_routes_stay_closed_without_admin_keys(store: KeyFile) -> None:
+    """Predict is open with no keys at all; admin never is, and plain keys only predict."""
+    open_checker = KeyChecker(store.path)
+    assert open_checker.authorize({}, "m") is None
+    with pytest.raises(RequestError, match="missing API key") as missing:
+        open_checker.authorize_admin({}, "m")
+    assert missing.value.status == 401
+    with pytest.raises(RequestError, match="need a scoped API key with role admin") as none:
+        open_checker.authorize_admin(bearer("anything"), "m")
+    assert none.value.status == 403
+    record, key = store.create(["*"], role="admin")
+    checker = KeyChecker(store.path, plain_keys=["s3cret"])
+    with pytest.raises(RequestError, match="plain API keys .* may only predict") as plain:
+        checker.authorize_admin(bearer("s3cret"), "m")
+    assert plain.value.status == 403
+    store.revoke(record.id)
+    checker.refresh(force=True)
+    with pytest.raises(RequestError, match="was revoked"):
+        checker.authorize_admin(bearer(key), "m")
+
+
+def test_admin_keys_have_a_rate_too(store: KeyFile) -> None:
+    _, key = store.create(["*"], role="admin", rate_per_s=1)
+    checker = KeyChecker(store.path, clock=Clock())
+    checker.authorize_admin(bearer(key), "m")
+    with pytest.raises(RateLimitError, match="over its rate"):
+        checker.authorize_admin(bearer(key), None)

@@ -178,3 +178,18 @@ def _rezip(files: dict[str, bytes]) -> bytes:
         for name, content in files.items():
             archive.writestr(name, content)
     return buffer.getvalue()
+
+
+def test_the_verify_key_reaches_every_model_deployment_and_the_ingress(tmp_path: Path, keys) -> None:
+    """build_app hands the app's verify_key to each model's own deployment (models in the ingress
+    get it from the app's config there); a key that cannot be read fails the deploy at once."""
+    from serve.app import build_app
+
+    app = build_app({"registry_root": str(tmp_path), "verify_key": str(keys["public"]),
+                     "models": [{"name": "own"}, {"name": "hosted", "hosting": "ingress"}]})
+    handles, config = app._bound_deployment.init_args
+    assert handles["own"]._bound_deployment.init_args[-1] == str(keys["public"])
+    assert config["verify_key"] == str(keys["public"]) and "hosted" not in handles
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_app({"registry_root": str(tmp_path), "verify_key": str(tmp_path / "missing.pub"),
+                   "models": [{"name": "own"}]})
