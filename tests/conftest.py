@@ -52,10 +52,11 @@ class SteadyLoad:
     """Steady single-row V2 traffic from a few threads, for swap and scaling tests; records every
     answer as (status, model version), or (exception name, None) when the request failed."""
 
-    def __init__(self, url: str, threads: int = 4):
+    def __init__(self, url: str, threads: int = 4, headers: dict[str, str] | None = None):
         import threading
 
         self.url, self.answers, self.stop = url, [], threading.Event()
+        self.headers = headers or {}
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         self.body = json.dumps({"inputs": [{"name": "inputs", "shape": [1, 8, 8], "datatype": "FP32",
                                             "data": [0.0] * 64}]})
@@ -66,7 +67,7 @@ class SteadyLoad:
         with requests.Session() as session:
             while not self.stop.is_set():
                 try:
-                    reply = session.post(self.url, data=self.body, timeout=30)
+                    reply = session.post(self.url, data=self.body, headers=self.headers, timeout=30)
                     version = reply.json().get("model_version") if reply.status_code == 200 else None
                     self.answers.append((reply.status_code, version))
                 except requests.RequestException as exc:

@@ -33,6 +33,19 @@ def ray_cluster() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def serve_http(ray_cluster: None) -> str:
+    """Serve's HTTP address (``host:port``), started once for the session on a free port; each
+    module's applications hang under their own route prefix. ``ray_cluster`` shuts it down."""
+    from ray import serve
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("maas")
 

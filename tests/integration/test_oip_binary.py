@@ -8,8 +8,6 @@ import orjson
 import pytest
 import requests
 
-from tests.conftest import free_port
-
 pytestmark = pytest.mark.integration
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -20,24 +18,7 @@ MAX_BODY = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster) -> str:
-    """Serve's HTTP address: the one already running in this session, else one started here (and
-    shut down after, so a later module's ``serve.start`` gets the port it asks for)."""
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    client = _get_global_client(raise_if_no_controller_running=False)
-    if client is not None:
-        yield f"{client.http_config.host}:{client.http_config.port}"
-        return
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"127.0.0.1:{port}"
-    serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def apps(server, trained, tiny_job) -> dict[str, str]:
+def apps(serve_http, trained, tiny_job) -> dict[str, str]:
     """digits_mlp in the ingress and in its own deployment, one app each: host:port/prefix."""
     from ray import serve
 
@@ -48,7 +29,7 @@ def apps(server, trained, tiny_job) -> dict[str, str]:
         app = build_app({"registry_root": tiny_job.registry.root, "max_body_bytes": MAX_BODY,
                          "models": [{"name": "digits_mlp", "hosting": hosting}]})
         serve.run(app, name=f"binary-{hosting}", route_prefix=f"/binary-{hosting}")
-        urls[hosting] = f"{server}/binary-{hosting}"
+        urls[hosting] = f"{serve_http}/binary-{hosting}"
     yield urls
     for hosting in HOSTINGS:
         serve.delete(f"binary-{hosting}")
