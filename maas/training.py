@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,12 @@ MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 WORKERS_DIR = "workers"
 PLACEMENT_GROUP_KEY = "placement_group_id"  # reported each epoch beside the metrics
+
+# Ray Train's controller takes one report per worker per poll and polls every 2 s by default;
+# a worker's result queue holds one report, so every epoch after the first waits for a poll:
+# epochs shorter than the interval all last ~2 s (docs/keras-on-ray.md, "Report pacing").
+REPORT_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+REPORT_POLL_INTERVAL_S = "0.1"
 
 
 class TrainingInputError(ConfigError):
@@ -262,17 +269,45 @@ def fit_worker(setup: WorkerSetup) -> FitTimes:
     if setup.start.epoch >= cfg.training.epochs:
         return times  # a resumed run that had already finished
     started = time.perf_counter()
-    setup.start.model.fit(
-        **_training_input(setup),
-        epochs=cfg.training.epochs,
-        initial_epoch=setup.start.epoch,
-        validation_data=(_as_model_input(setup.splits.x_val), setup.splits.y_val),
-        validation_batch_size=256,
-        callbacks=[_make_report_callback(setup, times)],
-        verbose=0,
-    )
+    trained = threading.Event()
+    failures: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            setup.start.model.fit(
+                **_training_input(setup),
+                epochs=cfg.training.epochs,
+                initial_epoch=setup.start.epoch,
+                validation_data=(_as_model_input(setup.splits.x_val), setup.splits.y_val),
+                validation_batch_size=256,
+                callbacks=[_make_report_callback(setup, times), _signal_train_end(trained)],
+                verbose=0,
+            )
+        except BaseException as error:  # handed to the loop's thread, which raises it
+            failures.append(error)
+        finally:
+            trained.set()
+
+    # fit() runs in a thread of its own, and the loop goes on once the last epoch is reported:
+    # under MultiWorkerMirroredStrategy, destroying fit()'s input iterator after the last epoch
+    # took 0-50 s on one rank (the other waited for it in its next collective). That teardown
+    # then finishes in the background; nothing waits for it (docs/keras-on-ray.md).
+    threading.Thread(target=fit, name="keras-fit", daemon=True).start()
+    trained.wait()
+    if failures:
+        raise failures[0]
     times.fit_s = time.perf_counter() - started
     return times
+
+
+def _signal_train_end(event: threading.Event) -> Any:
+    """A callback that sets `event` when fit() has finished its last epoch."""
+
+    class SignalTrainEnd(keras().callbacks.Callback):
+        def on_train_end(self, logs: Any = None) -> None:
+            event.set()
+
+    return SignalTrainEnd()
 
 
 def _training_input(setup: WorkerSetup) -> dict[str, Any]:
@@ -461,11 +496,19 @@ class TrainOutcome:
 def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False,
                   storage_path: str | None = None, callbacks: list[Any] | None = None) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    from maas.tfbackend import KerasBackendConfig
+
+    # Read from this process's environment when fit() starts the controller; a user's own
+    # setting wins.
+    os.environ.setdefault(REPORT_POLL_ENV, REPORT_POLL_INTERVAL_S)
     storage = absolute(storage_path or cfg.run.storage_path)
-    return TensorflowTrainer(
+    # Ray's TensorflowTrainer is this trainer with a backend config whose module imports
+    # TensorFlow into Train's controller; ours sets the same TF_CONFIG without it (maas.tfbackend).
+    return DataParallelTrainer(
         train_loop_per_worker,
+        backend_config=KerasBackendConfig(),
         train_loop_config={"job": config_to_dict(cfg), "run_dir": f"{storage}/{run_name}",
                            "use_gpu": use_gpu},
         scaling_config=ScalingConfig(
@@ -550,6 +593,9 @@ def run_training(cfg: TrainJobConfig, run_name: str | None = None,
     check_capacity(cfg, cluster, use_gpu)
     run_name = choose_run_name(cfg, run_name)
     fit_called_at = time.time()
+    # Publishing needs TensorFlow here (SavedModel export); import it while the workers train
+    # instead of after them: ~3 s of the job's wall time on 2 cores.
+    threading.Thread(target=tensorflow, name="import-tensorflow", daemon=True).start()
     result = build_trainer(cfg, run_name, use_gpu).fit()
     metrics = dict(result.return_value or {})
     phases = worker_phases(metrics.pop(TIMINGS_KEY, {}), fit_called_at, time.time())

@@ -16,6 +16,7 @@ def main() -> int:
     parser.add_argument("--endpoint", required=True, help="http://host:port/v1/models/NAME")
     parser.add_argument("--curl-file", required=True)
     parser.add_argument("--row", type=int, default=-1, help="which digits row (default: the last)")
+    parser.add_argument("--accuracy-file", help="write the served model's registered test accuracy here")
     args = parser.parse_args()
 
     digits = load_digits()
@@ -32,7 +33,18 @@ def main() -> int:
             f"-d '{body}'")
     with open(args.curl_file, "w") as out:
         out.write(curl + "\n")
+    if args.accuracy_file:  # here, not in another Python process: the demo's clock is running
+        _write_registered_accuracy(args.endpoint.rstrip("/").rsplit("/", 1)[-1], args.accuracy_file)
     return 0
+
+
+def _write_registered_accuracy(model: str, path: str) -> None:
+    from maas.config import default_registry_root
+    from maas.registry import Registry
+
+    accuracy = Registry(default_registry_root()).get(model).metadata["metrics"]["test_accuracy"]
+    with open(path, "w") as out:
+        out.write(f"{accuracy:.4f}\n")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def tiny_job(workspace: Path) -> TrainJobConfig:
     return load_config(
         [REPO / "configs/train/digits_mlp.yaml", REPO / "configs/train/smoke.yaml"],
         [f"registry.root={workspace / 'registry'}", f"run.storage_path={workspace / 'runs'}",
-         "training.epochs=3", "scaling.num_workers=2"],
+         "training.epochs=3", "scaling.num_workers=2", "run.checkpoint_every_epochs=1"],
     )
 
 

@@ -38,7 +38,7 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_epochs(ray_clus
     cfg = load_config(REPO / "configs/train/digits_mlp.yaml", [
         f"registry.root={workspace / 'registry'}", f"run.storage_path={workspace / 'runs'}",
         f"training.epochs={EPOCHS}", "model.hidden_units=[32]", "run.max_failures=2",
-        "registry.model_name=digits_fault",
+        "run.checkpoint_every_epochs=1", "registry.model_name=digits_fault",
     ])
     workers = workspace / "runs" / "it-fault" / "workers"
     killed: dict = {}

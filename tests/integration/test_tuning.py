@@ -60,10 +60,12 @@ def test_interrupted_sweep_resumes_and_registers_the_best(ray_cluster, workspace
     assert {r["status"] for r in rows} <= {"completed", "stopped"}
     assert any(r["status"] == "completed" and int(r["epochs_run"]) == 4 for r in rows)
     for trial in sweep.glob("run_trial_*/result.json"):
-        # A resumed trial continues from its last checkpoint: epochs only go up (an epoch whose
-        # report was cut off by the interrupt may be missing), none is trained twice.
+        # A resumed trial continues from its last checkpoint: epochs only go up (the one epoch
+        # whose report was cut off by the interrupt may be missing, the first one included, since
+        # Ctrl-C comes as soon as a first report lands), none is trained twice.
         epochs = [int(line.split('"epoch": ')[1].split(",")[0]) for line in trial.read_text().splitlines()]
-        assert epochs == sorted(set(epochs)) and epochs[0] == 1, (trial.parent.name, epochs)
+        assert epochs == sorted(set(epochs)) and epochs[0] in (1, 2), (trial.parent.name, epochs)
+        assert len(epochs) >= epochs[-1] - 1, (trial.parent.name, epochs)  # at most one missing
     assert (sweep / "trials.png").read_bytes()[:4] == b"\x89PNG"
 
     version = Registry(str(registry)).get("digits_tuned")
