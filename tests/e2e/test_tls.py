@@ -101,7 +101,8 @@ def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     log = open(work / "serve.log", "w")
     # --address local: a Ray of its own; a new session, so the whole group can be stopped
     server = subprocess.Popen([str(BIN / "serve"), "run", "--address", "local", str(work / "tls.yaml")],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              preexec_fn=_let_ctrl_c_through)
     url = f"https://127.0.0.1:{port}"
     try:
         _wait_until_answering(url, pki["ca"], server, work / "serve.log")
@@ -118,6 +119,13 @@ def https_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
             os.killpg(server.pid, signal.SIGKILL)  # whatever of its session is left
         except ProcessLookupError:
             pass
+
+
+def _let_ctrl_c_through() -> None:
+    # A command started in the background by a script (as CI runs the suite) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: `serve run` ignored the teardown's
+    # Ctrl-C and the fixture waited out its 60 s in every CI run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until_answering(url: str, ca: Path, server: subprocess.Popen, log: Path) -> None:
