@@ -236,7 +236,18 @@ def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int,
     # --address local: a Ray of its own, never one whose address a previous `ray start` left behind
     return subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", "--address", "local",
                              str(path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=ctrl_c_stops)
+
+
+def ctrl_c_stops() -> None:
+    """In the child: SIGINT back to its default. A bench started in the background by a shell
+    (`cmd &`) inherits SIGINT ignored, and so would `serve run`: stop() then waited its 120 s and
+    SIGKILLed it, which left Serve's HAProxy running on ports 9101/8404, and the next HAProxy
+    Serve on this machine failed to start."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 PEERS = REPO / "bench" / "peers"
@@ -253,7 +264,10 @@ KSERVE_QUIET_LOGGING = {
 
 
 def stop(server: subprocess.Popen) -> None:
-    """SIGINT to the process group the bench started (the server and its workers), then SIGKILL."""
+    """SIGINT to the process group the bench started (the server and its workers), then SIGKILL;
+    then SIGKILL to anything left in the session it was started in: Serve's HAProxy runs in a
+    process group of its own, and left behind it holds ports 9101/8404 that the next HAProxy
+    Serve needs."""
     try:
         os.killpg(server.pid, 2)
         server.wait(timeout=120)
@@ -262,6 +276,24 @@ def stop(server: subprocess.Popen) -> None:
         server.wait(timeout=30)
     except ProcessLookupError:
         pass
+    for pid in session_processes(server.pid):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def session_processes(session: int) -> list[int]:
+    """Live processes whose session id is ``session`` (from /proc; none where there is no /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # after "pid (comm)": state, ppid, pgrp, session
+            found.append(int(stat.parent.name))
+    return found
 
 
 def measure(start: Any, one: str, many: str, seconds: int, work: Path,
@@ -288,7 +320,8 @@ def _mean(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, floa
 
 
 def _quiet(log: Path) -> dict[str, Any]:
-    return {"stdout": subprocess.DEVNULL, "stderr": log.open("ab"), "start_new_session": True}
+    return {"stdout": subprocess.DEVNULL, "stderr": log.open("ab"), "start_new_session": True,
+            "preexec_fn": ctrl_c_stops}
 
 
 def start_baseline(model_file: str, port: int, work: Path) -> subprocess.Popen:
