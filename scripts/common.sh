@@ -32,3 +32,20 @@ forget_demo_address() {
   if (exec 3<>"/dev/tcp/${recorded%:*}/$GCS_PORT") 2>/dev/null; then return 0; fi
   rm -f "$RAY_ADDRESS_FILE" && echo "removed Ray's record of the stopped demo cluster ($recorded)"
 }
+
+# Serve needs the app's port and, in HAProxy mode, 9101 (HAProxy's metrics) and 8404 (its stats
+# page). A Serve that was killed (SIGKILL, a crashed node) leaves its HAProxy running and holding
+# them; the next Serve's HAProxy then exits at start-up and the app never answers. Say so up front.
+serve_ports_free() {
+  local port holder free=0
+  for port in "$SERVE_PORT" 9101 8404; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      holder=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'users:.*' | head -1)
+      echo "port $port is in use${holder:+ ($holder)}; Serve needs it (8000: the app; 9101 and 8404:" \
+        "its HAProxy). An HAProxy left by a killed Serve holds 9101 and 8404: stop that process" \
+        "(kill PID), or run 'make down' if a demo is still up." >&2
+      free=1
+    fi
+  done
+  return $free
+}

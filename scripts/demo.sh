@@ -13,6 +13,7 @@ ray get-auth-token --generate >/dev/null
 if ray_running; then
   echo "reusing the cluster started earlier (pid $(cat "$RAY_PID_FILE"))"
 else
+  serve_ports_free || exit 1
   # --block keeps `ray start` as the parent of every Ray process: `make down` stops exactly these
   # by sending it SIGTERM, never touching other Ray clusters on the machine. Workers run at normal
   # priority (Ray's default niceness 15 costs the training job ~10% here; docs/keras-on-ray.md).
