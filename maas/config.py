@@ -46,9 +46,13 @@ IMPUTING = ("impute_mean", "impute_median")
 class DataConfig(StrictSchema):
     source: DatasetName = "digits"
     path: str | None = Field(
-        None, description="File for csv/parquet/npz sources. A relative path that exists is made "
-                          "absolute where the config is first read (the driver), so that training "
-                          "workers, whose working directory differs, read the same file.")
+        None, description="File for csv/parquet/npz sources; for npz and parquet also a directory "
+                          "(its *.npz / *.parquet files) or a glob (data/part-*.npz) of shard files "
+                          "on storage every node sees: worker r of w then reads only files[r::w] "
+                          "of the sorted list (docs/data.md). A relative path that exists, or a "
+                          "relative glob, is made absolute where the config is first read (the "
+                          "driver), so that training workers, whose working directory differs, "
+                          "read the same files.")
     label_column: str = "label"
     text_column: str | None = Field(None, description="csv/parquet: one text feature instead of numbers")
     classes: list[int | str] | None = Field(
@@ -84,6 +88,8 @@ class DataConfig(StrictSchema):
         if not path or "://" in path:
             return path
         local = Path(path).expanduser()
+        if not local.is_absolute() and any(c in path for c in "*?["):  # a glob of shard files
+            return os.path.abspath(local)
         return str(local.resolve()) if not local.is_absolute() and local.exists() else path
 
     @model_validator(mode="after")

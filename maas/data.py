@@ -474,6 +474,13 @@ def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
 
 
 def load_dataset(cfg: DataConfig) -> Splits:
+    """Every row of the data set in memory, split. A sharded ``data.path`` (a directory or glob)
+    gives its files' splits concatenated; training itself never calls this for shards: each
+    worker reads only its own files (``maas/shards.py``)."""
+    from maas import shards  # it builds on this module
+
+    if shards.is_sharded(cfg):
+        return shards.load_all_shards(cfg)
     features, raw_labels, source = read_raw(cfg)
     dropped = 0
     if cfg.path:  # built-in sets hold no empty or infinite values

@@ -30,6 +30,7 @@ from maas.data import Splits, feature_stats, load_dataset, shard_indices
 from maas.errors import ConfigError, ModelError
 from maas.models import build_model, check_compatible, compile_model, effective_learning_rate
 from maas.resume import check_resumable
+from maas.shards import ShardedData, is_sharded, iter_test_parts, load_rank_shards, scan_shards
 from maas.storage import absolute, filesystem_for
 from maas.tfkeras import keras, load_model, save_model, tensorflow
 
@@ -67,10 +68,13 @@ def steps_per_epoch(num_rows: int, world_size: int, per_worker_batch: int) -> in
     return smallest_shard // per_worker_batch
 
 
-def check_job(cfg: TrainJobConfig, splits: Splits) -> None:
+def check_job(cfg: TrainJobConfig, splits: Splits | ShardedData) -> None:
     """Refuse jobs that would crash or hang inside workers, with a message saying why."""
     check_compatible(cfg.model, splits.schema)
     workers, batch = cfg.scaling.num_workers, cfg.training.batch_size
+    if isinstance(splits, ShardedData):
+        _check_shard_job(splits, workers, batch)
+        return
     rows = len(splits.x_train)
     if steps_per_epoch(rows, workers, batch) < 1:
         raise TrainingInputError(
@@ -78,6 +82,17 @@ def check_job(cfg: TrainJobConfig, splits: Splits) -> None:
             f"{workers} x {batch} = {workers * batch}: lower training.batch_size or "
             "scaling.num_workers, or use more data"
         )
+
+
+def _check_shard_job(data: ShardedData, workers: int, batch: int) -> None:
+    rows = data.train_rows_per_rank(workers)  # refuses fewer files than workers
+    smallest = min(range(workers), key=rows.__getitem__)
+    if rows[smallest] < batch:
+        raise TrainingInputError(
+            f"rank {smallest}'s shard files hold {rows[smallest]} training rows, fewer than "
+            f"training.batch_size {batch} (training rows per rank: {rows}): every worker runs the "
+            "smallest rank's steps; lower training.batch_size or scaling.num_workers, or balance "
+            "the files")
 
 
 def check_capacity(cfg: TrainJobConfig, cluster: dict[str, float], use_gpu: bool) -> None:
@@ -166,8 +181,11 @@ class _Start:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _restore_or_build(cfg: TrainJobConfig, splits: Splits, world: int) -> _Start:
-    """Resume from the run's latest checkpoint if Ray hands one over, else a fresh model."""
+def _restore_or_build(cfg: TrainJobConfig, splits: Splits, world: int,
+                      stats: tuple[np.ndarray, np.ndarray] | None = None) -> _Start:
+    """Resume from the run's latest checkpoint if Ray hands one over, else a fresh model.
+    ``stats``: the training split's feature mean and variance when this rank holds only part of
+    it (shards: the driver's, over every file)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -176,7 +194,7 @@ def _restore_or_build(cfg: TrainJobConfig, splits: Splits, world: int) -> _Start
             state = json.loads((Path(directory) / STATE_FILE).read_text())
             model = load_model(str(Path(directory) / MODEL_FILE))
         return _Start(model, int(state["epoch"]), state.get("history", []))
-    mean, variance = feature_stats(splits.x_train)
+    mean, variance = stats or feature_stats(splits.x_train)
     texts = splits.x_train if splits.schema.is_text else None
     model = build_model(cfg.model, splits.schema, mean, variance, texts)
     compile_model(model, cfg.optimizer, world, cfg.training.steps_per_execution)
@@ -220,6 +238,11 @@ class WorkerSetup:
     shard: np.ndarray
     steps: int
     start: _Start
+    files: list[str] | None = None  # shards: the files this rank opened (None: one data set)
+
+    @property
+    def sharded(self) -> bool:
+        return self.files is not None
 
     @property
     def samples_per_epoch(self) -> int:
@@ -242,14 +265,23 @@ def setup_worker(loop_config: dict[str, Any]) -> WorkerSetup:
     rank, world = context.get_world_rank(), context.get_world_size()
     keras().utils.set_random_seed(cfg.training.seed + rank)
 
-    splits = load_dataset(cfg.data)
-    shard = shard_indices(len(splits.x_train), rank, world, cfg.training.seed)
-    steps = steps_per_epoch(len(splits.x_train), world, cfg.training.batch_size)
+    plan, files, stats = loop_config.get("shards"), None, None
+    if plan is None:
+        splits = load_dataset(cfg.data)
+        shard = shard_indices(len(splits.x_train), rank, world, cfg.training.seed)
+        steps = steps_per_epoch(len(splits.x_train), world, cfg.training.batch_size)
+    else:  # this rank's files only; all of its training rows are its shard
+        own = load_rank_shards(plan, cfg.data, rank, world)
+        splits, files, steps = own.splits, own.files, int(plan["steps"])
+        shard = np.arange(len(splits.x_train))
+        stats = (np.asarray(plan["mean"], np.float32), np.asarray(plan["variance"], np.float32))
+        print(f"[train] rank {rank} opened {len(files)} shard files ({len(shard)} training rows): "
+              f"{', '.join(files)}", flush=True)
     if world == 1:  # Keras' array feed keeps the last, partial batch
         steps = -(-len(shard) // cfg.training.batch_size)
     with _choose_strategy(tf, world, use_gpu).scope():
-        start = _restore_or_build(cfg, splits, world)
-    return WorkerSetup(cfg, rank, world, loop_config["run_dir"], splits, shard, steps, start)
+        start = _restore_or_build(cfg, splits, world, stats)
+    return WorkerSetup(cfg, rank, world, loop_config["run_dir"], splits, shard, steps, start, files)
 
 
 @dataclass
@@ -278,8 +310,7 @@ def fit_worker(setup: WorkerSetup) -> FitTimes:
                 **_training_input(setup),
                 epochs=cfg.training.epochs,
                 initial_epoch=setup.start.epoch,
-                validation_data=(_as_model_input(setup.splits.x_val), setup.splits.y_val),
-                validation_batch_size=256,
+                **_validation_input(setup),
                 callbacks=[_make_report_callback(setup, times), _signal_train_end(trained)],
                 verbose=0,
             )
@@ -298,6 +329,40 @@ def fit_worker(setup: WorkerSetup) -> FitTimes:
         raise failures[0]
     times.fit_s = time.perf_counter() - started
     return times
+
+
+def _validation_input(setup: WorkerSetup) -> dict[str, Any]:
+    """``fit``'s validation arguments. Shards: none; ranks hold validation parts of different
+    sizes, which Keras' own validation under MWMS would split again and run for unequal step
+    counts (a hang). The report callback validates them instead (``_shard_validation``)."""
+    if setup.sharded:
+        return {}
+    return {"validation_data": (_as_model_input(setup.splits.x_val), setup.splits.y_val),
+            "validation_batch_size": 256}
+
+
+def _shard_validation(setup: WorkerSetup) -> Any:
+    """A function of the model giving val_loss and val_accuracy over the validation parts of
+    every rank: each rank predicts its own rows locally and one all-reduce adds up the sums."""
+    tf = tensorflow()
+    x, y = _as_model_input(setup.splits.x_val), setup.splits.y_val
+    loss = keras().losses.SparseCategoricalCrossentropy(reduction="sum")
+
+    def validate(model: Any) -> dict[str, float]:
+        loss_sum = correct = 0.0
+        for start in range(0, len(x), 256):
+            probabilities = model(x[start:start + 256], training=False)
+            labels = y[start:start + 256]
+            loss_sum += float(loss(labels, probabilities))
+            correct += float(np.sum(np.argmax(probabilities, axis=1) == labels))
+        local = tf.constant([loss_sum, correct, float(len(x))], dtype=tf.float64)
+        strategy = model.distribute_strategy
+        totals = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(local)),
+                                 axis=None).numpy()
+        rows = max(totals[2], 1.0)
+        return {"val_loss": totals[0] / rows, "val_accuracy": totals[1] / rows}
+
+    return validate
 
 
 def _signal_train_end(event: threading.Event) -> Any:
@@ -330,6 +395,7 @@ def _make_report_callback(setup: WorkerSetup, times: FitTimes) -> Any:
     rank, epochs = setup.rank, setup.cfg.training.epochs
     every = setup.cfg.run.checkpoint_every_epochs
     gauges = _epoch_gauges() if rank == 0 else {}
+    validate = _shard_validation(setup) if setup.sharded else None
     placement_group = _current_placement_group_id()
 
     class ReportCallback(keras().callbacks.Callback):
@@ -346,6 +412,9 @@ def _make_report_callback(setup: WorkerSetup, times: FitTimes) -> Any:
             train_time = (self._trained or now) - self._started
             times.train_s += train_time
             metrics = {key: float(value) for key, value in (logs or {}).items()}
+            if validate is not None:  # every rank: it all-reduces
+                metrics.update(validate(self.model))
+                now = time.perf_counter()
             metrics.update(epoch=epoch + 1, epoch_time_s=now - self._started,
                            samples_per_s=training_throughput(setup.samples_per_epoch, train_time))
             times.history.append(metrics)
@@ -444,23 +513,28 @@ def evaluate_and_record(setup: WorkerSetup, times: FitTimes) -> dict[str, Any]:
     """Test metrics, this rank's record beside the checkpoints, and the loop's return value."""
     cfg = setup.cfg
     evaluating = time.perf_counter()
-    test = evaluate_on_test(setup.start.model, setup.splits)  # every rank: it may run collectives
+    # every rank: it may run collectives. Shards: no rank holds the test split; the driver
+    # streams every file's test part through the model (run_training).
+    test = None if setup.sharded else evaluate_on_test(setup.start.model, setup.splits)
     test_eval_s = time.perf_counter() - evaluating
     epochs_run = cfg.training.epochs - setup.start.epoch
-    _write_worker_record(setup.run_dir, {
+    record = {
         "rank": setup.rank, "world_size": setup.world, "host": socket.gethostname(),
         "pid": os.getpid(), "shard_rows": len(setup.shard), "shard_indices": setup.shard.tolist(),
         "steps_per_epoch": setup.steps, "per_worker_batch": cfg.training.batch_size,
         "epochs_trained": epochs_run, "resumed_from_epoch": setup.start.epoch,
-    })
+    }
+    if setup.sharded:
+        record.update(data_files=setup.files, validation_rows=len(setup.splits.x_val))
+    _write_worker_record(setup.run_dir, record)
     return {
-        **test.metrics,
+        **(test.metrics if test else {}),
         "train_time_s": times.fit_s,
         "samples_per_s": training_throughput(epochs_run * setup.samples_per_epoch, times.train_s),
         "resumed_from_epoch": setup.start.epoch,
         "global_batch_size": cfg.training.batch_size * setup.world,
         "learning_rate": effective_learning_rate(cfg.optimizer, setup.world),
-        "confusion_matrix": test.confusion,
+        "confusion_matrix": test.confusion if test else None,
         "history": times.history,
         # wall-clock marks and durations; the driver turns them into phase lines
         TIMINGS_KEY: {"fit_s": times.fit_s, "checkpoint_s": times.checkpoint_s,
@@ -494,7 +568,10 @@ class TrainOutcome:
 
 
 def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False,
-                  storage_path: str | None = None, callbacks: list[Any] | None = None) -> Any:
+                  storage_path: str | None = None, callbacks: list[Any] | None = None,
+                  data: Splits | ShardedData | None = None) -> Any:
+    """``data``: the driver's view of the data set, if it has one; for shards it holds the plan
+    the workers need (files, classes, feature statistics, steps), scanned here when not given."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -504,13 +581,16 @@ def build_trainer(cfg: TrainJobConfig, run_name: str, use_gpu: bool = False,
     # setting wins.
     os.environ.setdefault(REPORT_POLL_ENV, REPORT_POLL_INTERVAL_S)
     storage = absolute(storage_path or cfg.run.storage_path)
+    loop_config = {"job": config_to_dict(cfg), "run_dir": f"{storage}/{run_name}", "use_gpu": use_gpu}
+    if isinstance(data, ShardedData) or data is None and is_sharded(cfg.data):
+        shards = data if isinstance(data, ShardedData) else scan_shards(cfg.data)
+        loop_config["shards"] = shards.worker_plan(cfg.scaling.num_workers, cfg.training.batch_size)
     # Ray's TensorflowTrainer is this trainer with a backend config whose module imports
     # TensorFlow into Train's controller; ours sets the same TF_CONFIG without it (maas.tfbackend).
     return DataParallelTrainer(
         train_loop_per_worker,
         backend_config=KerasBackendConfig(),
-        train_loop_config={"job": config_to_dict(cfg), "run_dir": f"{storage}/{run_name}",
-                           "use_gpu": use_gpu},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=use_gpu,
@@ -550,12 +630,16 @@ def choose_run_name(cfg: TrainJobConfig, run_name: str | None = None) -> str:
     return name
 
 
-def load_checked_data(cfg: TrainJobConfig) -> Splits:
+def load_checked_data(cfg: TrainJobConfig) -> Splits | ShardedData:
     """Load the data set and check the job against it on the driver, before any worker starts;
-    prints the ``data`` phase."""
+    prints the ``data`` phase. Sharded data is scanned one file at a time, never held whole,
+    and the files each rank will read are printed."""
     started = time.perf_counter()
-    splits = load_dataset(cfg.data)
+    splits = scan_shards(cfg.data) if is_sharded(cfg.data) else load_dataset(cfg.data)
     check_job(cfg, splits)
+    if isinstance(splits, ShardedData):
+        for line in splits.assignment_lines(cfg.scaling.num_workers):
+            print(line, flush=True)
     print(phase_line("data", time.perf_counter() - started), flush=True)
     return splits
 
@@ -578,7 +662,7 @@ def worker_phases(timings: dict[str, float], fit_called_at: float,
 
 
 def run_training(cfg: TrainJobConfig, run_name: str | None = None,
-                 splits: Splits | None = None) -> TrainOutcome:
+                 splits: Splits | ShardedData | None = None) -> TrainOutcome:
     """Validate data, config and cluster here; train on the cluster; evaluate; register.
 
     ``splits``: the data set already loaded and checked by the caller (the CLI does, with
@@ -596,16 +680,24 @@ def run_training(cfg: TrainJobConfig, run_name: str | None = None,
     # Publishing needs TensorFlow here (SavedModel export); import it while the workers train
     # instead of after them: ~3 s of the job's wall time on 2 cores.
     threading.Thread(target=tensorflow, name="import-tensorflow", daemon=True).start()
-    result = build_trainer(cfg, run_name, use_gpu).fit()
+    result = build_trainer(cfg, run_name, use_gpu, data=splits).fit()
     metrics = dict(result.return_value or {})
     phases = worker_phases(metrics.pop(TIMINGS_KEY, {}), fit_called_at, time.time())
+    sharded = isinstance(splits, ShardedData)
     for name, seconds in phases.items():
-        print(phase_line(name, seconds), flush=True)
+        if not (sharded and name == "test_eval"):  # measured below, on the driver
+            print(phase_line(name, seconds), flush=True)
     if result.checkpoint is None:
         raise NoModelError(f"training run '{run_name}' finished without a checkpoint, so there is "
                            "no model to register; its log says why")
-    publishing = time.perf_counter()
     with result.checkpoint.as_directory() as directory:
+        if sharded:
+            evaluating = time.perf_counter()
+            test = evaluate_shards(load_model(str(Path(directory) / MODEL_FILE)), splits)
+            metrics.update(test.metrics, confusion_matrix=test.confusion)
+            phases["test_eval"] = time.perf_counter() - evaluating
+            print(phase_line("test_eval", phases["test_eval"]), flush=True)
+        publishing = time.perf_counter()
         version = publish_model(PublishRequest(
             cfg=cfg, splits=splits, run_name=run_name, checkpoint_dir=Path(directory),
             checkpoint_uri=result.checkpoint.path, history=metrics.pop("history", []),
@@ -615,6 +707,26 @@ def run_training(cfg: TrainJobConfig, run_name: str | None = None,
     print(phase_line("publish", phases["publish"]), flush=True)
     return TrainOutcome(run_name, f"{absolute(cfg.run.storage_path)}/{run_name}", metrics, version,
                         phases)
+
+
+def evaluate_shards(model: Any, data: ShardedData) -> TestEvaluation:
+    """Test metrics over every shard's test part, streamed one file at a time: losses and
+    correct counts weighted by rows, so they equal ``evaluate_on_test`` on all test rows at once."""
+    loss_sum, correct, rows = 0.0, 0, 0
+    confusion = np.zeros((data.schema.num_classes,) * 2, dtype=int)
+    for x, y in iter_test_parts(data):
+        if not len(x):
+            continue
+        scores = model.evaluate(x, y, batch_size=256, verbose=0, return_dict=True)
+        predicted = model.predict(x, batch_size=256, verbose=0).argmax(axis=1)
+        loss_sum += float(scores["loss"]) * len(x)
+        correct += int((predicted == y).sum())
+        rows += len(x)
+        confusion += np.asarray(confusion_matrix(y, predicted, data.schema.num_classes))
+    if not rows:
+        raise ModelError(f"the shard files of {data.schema.source} hold no test rows")
+    return TestEvaluation({"test_loss": loss_sum / rows, "test_accuracy": correct / rows},
+                          confusion.tolist())
 
 
 def evaluate_checkpoint(checkpoint_dir: Path, splits: Splits) -> TestEvaluation:
@@ -628,7 +740,7 @@ class PublishRequest:
     run learnt about it (test metrics, history, confusion matrix, lineage)."""
 
     cfg: TrainJobConfig
-    splits: Splits
+    splits: Splits | ShardedData  # ShardedData: its x_val is a sample (the SavedModel check)
     run_name: str
     checkpoint_dir: Path  # a local directory holding MODEL_FILE
     checkpoint_uri: str  # where the checkpoint lives in run storage (lineage)
@@ -664,7 +776,7 @@ def publish_model(request: PublishRequest) -> Any:
                                                            metadata)
 
 
-def export_saved_model(keras_bytes: bytes, splits: Splits, what: str) -> Any:
+def export_saved_model(keras_bytes: bytes, splits: Splits | ShardedData, what: str) -> Any:
     """The SavedModel of a ``.keras`` file (checked against the allow-list first, like any model
     file read back), compared with Keras on the first validation rows (``maas.artifacts.savedmodel``)."""
     from maas.artifacts.keras_loader import load_keras_bytes
@@ -698,6 +810,7 @@ def _version_metadata(request: PublishRequest) -> dict[str, Any]:
             "data_source": splits.schema.source,
             "data_fingerprint": splits.fingerprint,
             "split_sizes": splits.sizes(),
+            **({"data_files": len(splits.files)} if isinstance(splits, ShardedData) else {}),
             "checkpoint": request.checkpoint_uri,
         },
         "framework": {
