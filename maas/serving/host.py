@@ -32,7 +32,17 @@ Observe = Callable[[LoadedModel, int], None]
 def serve_batcher(settings: ModelSettings) -> Callable[[Callable], Any]:
     """A ``Batcher`` per instance (``@serve.batch`` on a method would share one queue between
     every host in the process, and costs more per request)."""
-    return lambda func: Batcher(func, settings.max_batch_size, settings.batch_wait_timeout_s)
+    return lambda func: Batcher(func, settings.max_batch_size, settings.batch_wait_timeout_s,
+                                latency_target_s=_seconds(settings.latency_target_ms), weigh=_rows)
+
+
+def _rows(item: tuple[LoadedModel, np.ndarray]) -> int:
+    """A queued request's rows: what the adaptive batcher fits call time against."""
+    return len(item[1])
+
+
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1e3
 
 
 class ModelHost:
@@ -75,6 +85,10 @@ class ModelHost:
         self.settings, self._failed_plan = settings, None
         self._predict_batch.set_max_batch_size(settings.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        # test stand-ins for the batcher may not adapt; ours always can
+        set_target = getattr(self._predict_batch, "set_latency_target_s", None)
+        if set_target is not None:
+            set_target(_seconds(settings.latency_target_ms))
         await self.sync()
         if settings.poll_registry_s > 0 and (self._poller is None or self._poller.done()):
             self._poller = asyncio.get_running_loop().create_task(self._poll_registry())
@@ -264,4 +278,10 @@ class ModelHost:
                 "served_versions": list(plan.versions), "default_version": plan.default,
                 "label_map": plan.labels, "policy": self.settings.model_dump(mode="json"),
                 "load_error": self.load_error, "pending_requests": self.pending,
-                "requests_last_minute": sum(t > time.monotonic() - 60 for t in self._recent)}
+                "requests_last_minute": sum(t > time.monotonic() - 60 for t in self._recent),
+                **self._batching_status()}
+
+    def _batching_status(self) -> dict[str, Any]:
+        """The adaptive batcher's current wait, cap and observed call time, while it is on."""
+        policy = getattr(self._predict_batch, "policy", None)
+        return {} if policy is None else {"batching": policy.state()}

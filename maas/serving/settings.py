@@ -15,6 +15,7 @@ from pydantic import Field, StringConstraints, model_validator
 from maas.config import default_registry_root
 from maas.errors import ConfigError
 from maas.schema import NAME_PATTERN, StrictSchema, validate_config
+from maas.serving.adaptive import MIN_TARGET_S
 
 LABEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"  # never all digits: a label is not a version
 INGRESS = "Ingress"  # the deployment name of the HTTP ingress in every app build_app makes
@@ -69,11 +70,29 @@ class ModelSettings(StrictSchema):
                                 description="Most rows of concurrent requests joined into one model call.")
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=10, description="Longest wait for more requests before a batch runs.")
+    latency_target_ms: float | None = Field(
+        None, gt=0, le=60_000,
+        description="Adaptive batching: instead of the fixed batch_wait_timeout_s (then unused), "
+                    "each batch's wait and size cap follow the observed arrival rate and model "
+                    "call time so that the time a request spends queued, waiting and in the call "
+                    "stays within half of this target (HTTP and the proxy get the rest), backing "
+                    "off when observed latency runs over; max_batch_size stays the upper bound. "
+                    "Unset: the fixed wait. At least 1 ms.")
     max_pending_requests: int = Field(
         1024, ge=1, le=1_000_000,
         description="Requests waiting for this model in one replica; past it a request gets 503 "
                     "with Retry-After at once instead of unbounded latency (on top of Serve's "
                     "max_queued_requests for the deployment).")
+
+    @model_validator(mode="after")
+    def _target_reachable(self) -> ModelSettings:
+        if self.latency_target_ms is not None and self.latency_target_ms < MIN_TARGET_S * 1e3:
+            raise ValueError(
+                f"latency_target_ms={self.latency_target_ms} is below {MIN_TARGET_S * 1e3:g} ms: an "
+                f"HTTP request through Serve alone takes longer, so no batching could meet it; "
+                f"set a target of a few milliseconds or more, or leave it unset for the fixed "
+                f"batch_wait_timeout_s")
+        return self
 
 
 class ModelEndpoint(StrictSchema):
