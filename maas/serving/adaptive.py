@@ -24,7 +24,9 @@ How it decides (``plan``), with ``budget = target * HEADROOM * backoff``:
   fixed cost near ``OVERHEAD_SHARE`` of the replica's time (``rate * fixed / OVERHEAD_SHARE``
   requests), no more than can arrive while the oldest request's age, the wait and two calls of
   that size still fit in the budget; it stops early once a whole ``GAP_ARRIVALS / rate`` passes
-  with no arrival (a closed-loop client has nothing more to send until it gets its answers).
+  with no arrival (a closed-loop client has nothing more to send until it gets its answers), and
+  when past waits gathered under half the arrivals the rate promised it stops waiting (retrying
+  now and then): the rate it waits on is discounted by that yield.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ OVERHEAD_SHARE = 0.05  # aim for batches that keep the per-call fixed cost near 
 GAP_ARRIVALS = 2.0  # stop waiting after this many mean inter-arrival times with no arrival
 BACKOFF, RECOVER, BACKOFF_FLOOR = 0.7, 0.02, 0.25
 STABLE_MARGIN = 1.25  # the cap keeps up with 1.25x the arrival rate
+YIELD_FLOOR = 0.5  # below this share of the promised arrivals, waits stop
 MIN_TARGET_S = 0.001  # below 1 ms the HTTP request alone misses the target
 
 
@@ -54,6 +57,9 @@ class LatencyTarget:
         self._arrivals = self._seconds = 0.0
         self._last_cut: float | None = None
         self.backoff = 1.0
+        # arrivals that waits actually gathered over what the rate promised: a closed-loop client
+        # whose requests are all queued sends nothing more, whatever its rate was
+        self.wait_yield, self.wait_rate = 1.0, 0.0
         self.last_wait_s, self.last_cap, self.last_latency_s = 0.0, max_batch_size, 0.0
 
     # --- observations ------------------------------------------------------------------------
@@ -87,6 +93,12 @@ class LatencyTarget:
             self.backoff = max(BACKOFF_FLOOR, self.backoff * BACKOFF)
         else:
             self.backoff = min(1.0, self.backoff + RECOVER)
+
+    def on_wait(self, planned_rate: float, waited_s: float, gained: int) -> None:
+        """A wait of ``waited_s`` planned at ``planned_rate`` arrivals/s gathered ``gained``."""
+        expected = planned_rate * waited_s
+        if expected > 0:
+            self.wait_yield += ALPHA * (min(1.0, gained / expected) - self.wait_yield)
 
     # --- estimates ---------------------------------------------------------------------------
 
@@ -149,6 +161,12 @@ class LatencyTarget:
         cap = self.cap(self.rate())
         wait_s, fill_to, gap_s = 0.0, cap, 0.0
         if 2 <= queued < cap and rate > 0:
+            if self.wait_yield < YIELD_FLOOR:  # waits have been gathering nothing: skip, and
+                self.wait_yield += RECOVER  # try again now and then, the load may have changed
+                self.last_wait_s, self.last_cap = 0.0, cap
+                return 0.0, cap, cap, 0.0
+            self.wait_rate = rate  # what on_wait measures the yield against
+            rate *= self.wait_yield
             fixed, per_row = self.fit()
             # the most requests n whose filling, (n - queued) / rate, plus two calls of n still fit
             # in what the oldest has left of the budget
@@ -165,6 +183,7 @@ class LatencyTarget:
         fixed, per_row = self.fit()
         return {"mode": "latency_target", "latency_target_ms": round(self.target_s * 1e3, 3),
                 "budget_ms": round(self.budget_s() * 1e3, 3), "backoff": round(self.backoff, 3),
+                "wait_yield": round(self.wait_yield, 3),
                 "wait_ms": round(self.last_wait_s * 1e3, 3), "batch_cap": self.last_cap,
                 "call_ms_fixed": round(fixed * 1e3, 4), "call_ms_per_row": round(per_row * 1e3, 5),
                 "rows_per_request": round(self._rows_per_item, 2),

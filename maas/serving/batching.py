@@ -147,6 +147,7 @@ class Batcher:
                                                   now - self._head_since)
         self._fill_to = fill_to
         deadline, seen = now + wait_s, len(self._queue)
+        planned = seen
         # One timer per gap, not per arrival: wake every gap_s, go on only if someone came.
         while wait_s > 0 and len(self._queue) < fill_to:
             step = min(gap_s, deadline - loop.time())
@@ -158,6 +159,8 @@ class Batcher:
             seen = len(self._queue)
         self._fill_to = cap  # between waits a full batch is what matters
         queued = len(self._queue)
+        if wait_s > 0:
+            policy.on_wait(policy.wait_rate, loop.time() - now, queued - planned)
         policy.on_cut(loop.time(), queued - self._left)
         self._left = max(0, queued - cap)
         return cap

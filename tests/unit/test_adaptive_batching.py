@@ -284,3 +284,14 @@ def test_the_target_can_be_switched_on_and_off_live() -> None:
         return first, on.state()["calls_observed"], batcher.policy, await batcher(2)
 
     assert run_sim(main()) == (1, 1, None, 2)
+
+
+def test_waits_that_gather_nothing_stop_then_get_retried_now_and_then() -> None:
+    policy = LatencyTarget(0.02, 64)
+    last = trained(policy, rate=2000)
+    assert policy.plan(last + 0.0005, 3, 3, 0)[0] > 0
+    for _ in range(5):  # a closed-loop client with every request queued: nothing more comes
+        policy.on_wait(policy.wait_rate, 0.001, gained=0)
+    assert policy.wait_yield < 0.5
+    plans = [policy.plan(last + 0.0005, 3, 3, 0)[0] for _ in range(30)]
+    assert plans[0] == 0 and any(w > 0 for w in plans)  # skipped, then tried again
