@@ -8,6 +8,11 @@ entry), so editing or deleting a line breaks the chain at that point: ``python -
 verify`` finds it. (Cutting the last lines of a file leaves a shorter valid chain; ship the files
 to write-once storage for that.) Never a key; payloads only when a Serve app turns them on
 (``audit_payloads``): key ids, model, version, status, rows.
+
+Actions: ``model.published``, ``label.moved``, ``version.loaded`` / ``version.refused``,
+``serve.settings_changed``, ``key.created`` / ``key.revoked``, ``admin.read`` / ``admin.refused``,
+``prediction``, and ``rollout.promoted`` / ``rollout.rolled_back`` (a canary decision, with its
+reason and the window's numbers; written by the replica that decided: ``ROLLOUT_ACTIONS``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 from maas.storage import filesystem_for, is_uri
 
 AUDIT_DIR = ".maas/audit"
+ROLLOUT_ACTIONS = ("rollout.promoted", "rollout.rolled_back")  # maas.serving.host: canary decisions
 GENESIS = "0" * 64
 
 

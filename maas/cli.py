@@ -1,5 +1,5 @@
 """``python -m maas models list|show``: what the registry holds; ``status``: the cluster on one
-screen; ``serve versions|rollback|refresh|show``: what a running Serve app serves; ``serve
+screen; ``serve versions|rollback|refresh|show|rollout``: what a running Serve app serves; ``serve
 schema``: what a Serve config file may say about our application; ``score``: batch scoring on
 Ray Data (``maas/scoring.py``)."""
 
@@ -87,6 +87,8 @@ def _add_serve_commands(groups: argparse._SubParsersAction) -> None:
         "rollback": actions.add_parser("rollback", help="pin the version before the one served now"),
         "refresh": actions.add_parser("refresh", help="re-read the registry now (new versions)"),
         "show": actions.add_parser("show", help="print the model's current user_config"),
+        "rollout": actions.add_parser("rollout", help="where the model's canary rollout stands "
+                                                      "(--abort: its weight to 0)"),
     }
     actions.add_parser("schema", help="the JSON schema of our app's args and user_config in a "
                                       "Serve config file (configs/serve/*.yaml)")
@@ -103,6 +105,10 @@ def _add_serve_commands(groups: argparse._SubParsersAction) -> None:
     versions.add_argument("--default", help="label for requests naming no version ('' clears)")
     versions.add_argument("--poll", type=float, help="seconds between registry polls (0: off)")
     parsers["rollback"].add_argument("--to", type=int, help="this version instead of the previous one")
+    parsers["rollout"].add_argument("--abort", action="store_true",
+                                    help="stop it: the canary's traffic weight to 0 (stable answers "
+                                         "every request naming no version)")
+    parsers["rollout"].add_argument("--json", action="store_true", help="the report as JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,6 +286,9 @@ def serve_command(args: argparse.Namespace) -> str:
     from maas.servectl import apply, version_changes
     from maas.serving.settings import ModelSettings
 
+    if args.action == "rollout":
+        return rollout_command(args)
+
     def edit(current: ModelSettings) -> dict[str, Any]:
         return version_changes(args.versions, args.label, args.default, args.poll, current)
 
@@ -287,3 +296,18 @@ def serve_command(args: argparse.Namespace) -> str:
                      args.registry, edit if args.action == "versions" else None)
     verb = "current" if args.action == "show" else "deployed"
     return f"{args.model} ({verb} user_config): {json.dumps(settings)}"
+
+
+def rollout_command(args: argparse.Namespace) -> str:
+    from maas.servectl import abort_changes, apply, render_rollout, rollout_status
+    from maas.serving.settings import ModelSettings
+
+    if args.abort:
+        def edit(current: ModelSettings) -> dict[str, Any]:
+            return abort_changes(current, args.model)
+
+        settings = apply(args.address, args.app, args.model, "rollout-abort", None, args.registry, edit)
+        return (f"{args.model}: rollout aborted, canary weight 0 (deployed user_config): "
+                f"{json.dumps(settings)}")
+    report = rollout_status(args.address, args.app, args.model, args.registry)
+    return json.dumps(report, indent=2) if args.json else render_rollout(report)

@@ -37,6 +37,7 @@ from maas.storage import absolute, is_uri
 
 METADATA_FILE = "metadata.json"
 SERVED_FILE = "served.json"  # <root>/<name>/served.json: versions that loaded in a replica, newest first
+ROLLOUT_DIR = ".rollout"  # <root>/<name>/.rollout/<rollout id>/<rank>.json: one file per canary decision
 STAGING_DIR = ".staging"
 CLAIMS_DIR = ".claims"  # <root>/<name>/.claims/<n>: a number taken by a publisher (an empty directory)
 STALE_STAGING_S = 24 * 3600  # a staging directory this old belongs to a publisher that died
@@ -386,6 +387,35 @@ class Registry:
         history = [version, *[v for v in history if v != version]][:keep]
         self._write_json(self._path(name, SERVED_FILE), {"versions": history})
 
+    def rollout_decisions(self, name: str, rollout_id: str) -> list[dict[str, Any]]:
+        """The decisions serving replicas shared about one canary rollout
+        (``record_rollout_decision``), in no order; ``maas.serving.canary.furthest`` picks the
+        one that holds. Unreadable files (half-written on an object store) are skipped."""
+        base = self._path(validate_name(name), ROLLOUT_DIR, _plain(rollout_id))
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        except FileNotFoundError:
+            return []
+        found = []
+        for info in infos:
+            if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):
+                continue
+            try:
+                with self.fs.open_input_stream(info.path) as stream:
+                    found.append(json.loads(stream.read()))
+            except (FileNotFoundError, ValueError):
+                continue
+        return found
+
+    def record_rollout_decision(self, name: str, rollout_id: str, decision: dict[str, Any]) -> None:
+        """Share one decision of a canary rollout with every replica: its own file, named by its
+        rank (``decision["rank"]``), written whole (write-then-rename locally), so no decision
+        overwrites a different one and a reader never meets half a file."""
+        base = self._path(validate_name(name), ROLLOUT_DIR, _plain(rollout_id))
+        if self.local:
+            self.fs.create_dir(base, recursive=True)
+        self._write_json(f"{base}/{int(decision['rank']):05d}.json", decision)
+
     def set_labels(self, name: str, version: int, labels: list[str]) -> ModelVersion:
         """Move each label onto ``version`` (a label names one version at a time)."""
         for number in self.versions(name):
@@ -412,3 +442,10 @@ class Registry:
         else:
             with self.fs.open_output_stream(path) as out:
                 out.write(json.dumps(body, indent=2).encode())
+
+
+def _plain(identifier: str) -> str:
+    """An id used as a directory name: hex or word characters only."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", identifier):
+        raise RegistryError(f"invalid rollout id {identifier!r}")
+    return identifier

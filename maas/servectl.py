@@ -1,6 +1,6 @@
 """Change what a running Serve application serves, the declarative way.
 
-``python -m maas serve versions|rollback|refresh|show`` reads the live Serve config from the Ray
+``python -m maas serve versions|rollback|refresh|show|rollout`` reads the live Serve config from the Ray
 dashboard (the same API ``serve deploy`` uses, so the cluster's token authentication guards it),
 changes one model's settings (its deployment's ``user_config``, or its entry in the Ingress's for a
 model hosted in the ingress) and deploys it back. Serve then calls ``reconfigure`` on every
@@ -326,3 +326,93 @@ def version_changes(versions: str | None, labels: list[str], default: str | None
         raise ServeCtlError("nothing to change: give --versions, --label, --default or --poll")
     return changes
 
+
+def abort_changes(settings: ModelSettings, model: str) -> dict[str, Any]:
+    """``serve rollout NAME --abort``: the canary's weight to 0, so every request naming no
+    version goes to the stable version. The rollout policy stays, shown as stopped; setting a
+    weight again starts a new rollout."""
+    if settings.rollout is None or settings.traffic is None:
+        raise ServeCtlError(f"model '{model}' has no rollout to abort (its settings have no "
+                            f"'rollout'; traffic: {settings.traffic})")
+    canary, _ = settings.rollout_keys()
+    return {"traffic": {**settings.traffic, canary: 0}}
+
+
+def rollout_status(api: ServeApi | str | None, app_name: str, model: str,
+                   registry: str | None = None) -> dict[str, Any]:
+    """Where the model's rollout stands: its live traffic and rollout settings, the versions they
+    name, and the decisions every replica shares (the one that holds, and all of them)."""
+    from maas.registry import Registry
+    from maas.serving.canary import Decision, furthest, rollout_id
+    from maas.serving.host import registry_plan
+
+    api = Dashboard(api) if api is None or isinstance(api, str) else api
+    config = live_config(api.details(), app_name)
+    settings = model_settings(config, app_name, model)
+    policy = settings.rollout.model_dump(mode="json") if settings.rollout else None
+    report: dict[str, Any] = {"model": model, "traffic": settings.traffic, "sticky": settings.sticky,
+                              "rollout": policy}
+    if settings.traffic is None:
+        return report
+    root = registry_root(config, app_name, registry)
+    store = Registry(root)
+    plan = registry_plan(store, model, settings)
+    report["versions"] = {key: version for key, version, _ in plan.traffic}
+    if settings.rollout is None:
+        return report
+    canary, stable = settings.rollout_keys()
+    identity = rollout_id(model, settings, plan.traffic)
+    decisions = sorted((Decision.from_dict(d) for d in store.rollout_decisions(model, identity)),
+                       key=lambda d: (d.rank, d.time))
+    start = settings.traffic[canary] / sum(settings.traffic.values()) * 100
+    best = furthest(decisions)
+    if start == 0:
+        state, share = "stopped", 0.0
+    elif best is None:
+        steps = [s for s in settings.rollout.steps if s > start]
+        state, share = ("running" if steps else "done"), start
+    else:
+        state, share = best.state, best.share
+    upcoming = [s for s in settings.rollout.steps if s > share]
+    report.update({"id": identity, "canary": canary, "stable": stable, "state": state,
+                   "canary_share": share, "start_share": start,
+                   "next_step": upcoming[0] if state == "running" and upcoming else None,
+                   "decisions": [d.to_dict() for d in decisions]})
+    return report
+
+
+def render_rollout(report: dict[str, Any]) -> str:
+    """``python -m maas serve rollout NAME`` for a person."""
+    model = report["model"]
+    if report.get("traffic") is None:
+        return f"{model}: no traffic split (settings traffic) and so no rollout"
+    versions = report.get("versions", {})
+    split = ", ".join(f"{key}={weight:g}" + (f" (v{versions[key]})" if key in versions else "")
+                      for key, weight in report["traffic"].items())
+    lines = [f"{model}: traffic {split}" + (f"; sticky by {report['sticky']}" if report["sticky"] else "")]
+    if report.get("rollout") is None:
+        lines.append("no rollout policy: the split stays as configured")
+        return "\n".join(lines)
+    policy = report["rollout"]
+    canary_version, stable_version = versions.get(report["canary"]), versions.get(report["stable"])
+    state = report["state"]
+    where = {"running": "running", "done": "done (promoted to its last step)",
+             "rolled_back": "ROLLED BACK", "stopped": "stopped (canary weight 0)"}[state]
+    lines.append(f"rollout {report['id']}: {where}: canary '{report['canary']}' (v{canary_version}) gets "
+                 f"{report['canary_share']:g}% of requests naming no version, stable "
+                 f"'{report['stable']}' (v{stable_version}) the rest"
+                 + (f"; next step {report['next_step']:g}%" if report.get("next_step") else ""))
+    steps = " -> ".join(f"{s:g}" for s in policy["steps"])
+    increase = policy["max_error_rate_increase"] * 100
+    lines.append(f"policy: steps {steps} from {report['start_share']:g}%, window {policy['window_s']:g} s, "
+                 f"min {policy['min_requests']} requests, error rate +{increase:g} points, "
+                 f"p99 {policy['max_p99_ratio']:g}x"
+                 + (f", accuracy -{policy['max_accuracy_drop'] * 100:g} points"
+                    if policy.get("max_accuracy_drop") is not None else ""))
+    if not report["decisions"]:
+        lines.append("decisions: none yet (each replica judges the canary every window)")
+    else:
+        lines.append("decisions:")
+        lines += [f"  {d['time'] or '-'}  {d['share']:g}%  {d['state']}  {d['reason']}"
+                  + (f"  [{d['replica']}]" if d.get("replica") else "") for d in report["decisions"]]
+    return "\n".join(lines)

@@ -103,6 +103,12 @@ def _model_row(app: str, model: str, state: str, replicas: int,
         # one replica's last minute, times the replicas: an estimate of the whole model's rate
         row["version"] = status["version"]
         row["rate"] = status["requests_last_minute"] / 60 * max(replicas, 1)
+        rollout = status.get("rollout")
+        if rollout:  # one replica's view; `python -m maas serve rollout NAME` has the decisions
+            share = f" v{rollout['canary_version']} at {rollout['canary_share']:g}%" if (
+                "canary_share" in rollout) else ""
+            reason = (rollout.get("decisions") or [{}])[-1].get("reason") or rollout.get("reason", "")
+            row["rollout"] = f"canary{share} {rollout['state']}: {reason}"[:120]
     return row
 
 
@@ -119,8 +125,9 @@ def render(info: dict[str, Any]) -> str:
     lines += [f"  {(j.submission_id or j.job_id or '-'):<28} {str(j.status.value):<10} {j.entrypoint[:60]}"
               for j in recent] or ["  none"]
     lines.append("served models")
-    lines += [f"  {m['model']:<20} v{m['version']!s:<4} replicas={m['replicas']:<2} {m['status']:<10} "
-              f"~{m['rate']:.2f} req/s (last minute)" if m["rate"] is not None else
-              f"  {m['model']:<20} v{m['version']!s:<4} replicas={m['replicas']:<2} {m['status']}"
+    lines += [(f"  {m['model']:<20} v{m['version']!s:<4} replicas={m['replicas']:<2} {m['status']:<10} "
+               f"~{m['rate']:.2f} req/s (last minute)" if m["rate"] is not None else
+               f"  {m['model']:<20} v{m['version']!s:<4} replicas={m['replicas']:<2} {m['status']}")
+              + (f"\n    rollout: {m['rollout']}" if m.get("rollout") else "")
               for m in info["models"]] or ["  none"]
     return "\n".join(lines)

@@ -39,6 +39,9 @@ ROW_BODY = {"type": "object", "properties": {
 V2_TENSOR = {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
     "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
     "datatype": {"type": "string"}, "data": {"type": "array"}}}
+FEEDBACK_BODY = {"type": "object", "required": ["request_id", "label"], "properties": {
+    "request_id": {"type": "string", "description": "the X-Request-ID of the answer"},
+    "label": {"description": "its true class, or a list of one per row"}}}
 V2_BODY = {"type": "object", "required": ["inputs"], "properties": {
     "id": {"type": "string"}, "inputs": {"type": "array", "items": V2_TENSOR}}}
 
@@ -95,7 +98,10 @@ class Ingress(Dataplane, Admin):
     @http.get("/v1/models/{name}")
     async def model_status(self, name: str) -> Response:
         status = await self._status(name)
-        return json_response(tf_serving_status([(v, "AVAILABLE", "") for v in status["served_versions"]]))
+        body = tf_serving_status([(v, "AVAILABLE", "") for v in status["served_versions"]])
+        # a traffic split and its rollout, when configured (fields TF Serving clients ignore)
+        body.update({key: status[key] for key in ("traffic", "rollout") if key in status})
+        return json_response(body)
 
     @http.get("/v1/models/{name}/versions/{version}")
     async def model_version_status(self, name: str, version: str) -> Response:
@@ -122,6 +128,12 @@ class Ingress(Dataplane, Admin):
     @http.post("/v1/models/{name}/labels/{label}:predict", openapi_extra=body_spec(ROW_BODY))
     async def predict_label(self, name: str, label: str, request: Request) -> Response:
         return await self._predict(request, name, "v1", _v1_body, label=label)
+
+    @http.post("/v1/models/{name}/feedback", openapi_extra=body_spec(FEEDBACK_BODY))
+    async def feedback(self, name: str, request: Request) -> Response:
+        """A true label for an earlier answer (``X-Request-ID``): scored against the version
+        that gave it, for a canary rollout's accuracy rule."""
+        return json_response(await self._feedback(request, name))
 
     # --- Open Inference Protocol (v2) ------------------------------------------------------
 

@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from maas.errors import MaasError, OverloadError, RequestError, raise_if_error
 from maas.serving.auth import KeyChecker, claimed_key_id
+from maas.serving.canary import Caller
 from maas.serving.host import ModelHost
 from maas.serving.metrics import CountBuffer
 from maas.serving.oip import V2Reply, v2_reply_options
@@ -40,13 +41,17 @@ class DeploymentModel:
     """A model in a deployment of its own, behind the same two calls as an in-process
     ``ModelHost``, so the dataplane routes to either the same way."""
 
+    # Its settings live in its own replicas: whether it splits traffic is not known here, so
+    # every request carries who sent it (a few short strings beside the payload).
+    routes_callers = True
+
     def __init__(self, name: str, handle: DeploymentHandle):
         self.name, self.handle = name, handle
 
     async def infer(self, payload: Any, protocol: ApiProtocol, version: str | None,
-                    label: str | None) -> dict:
+                    label: str | None, caller: Caller | None = None) -> dict:
         try:
-            return await self.handle.infer.remote(payload, protocol, version, label)
+            return await self.handle.infer.remote(payload, protocol, version, label, caller)
         except BackPressureError as exc:
             # The deployment's queue is full (max_queued_requests): say so and when to come back,
             # instead of queueing without bound.
@@ -55,6 +60,10 @@ class DeploymentModel:
 
     async def status(self, version: str | None = None, label: str | None = None) -> dict:
         return await self.handle.status.remote(version, label)
+
+    async def feedback(self, request_id: str, label: Any) -> dict:
+        # Serve picks the replica: feedback is scored only where the answer was given
+        return await self.handle.feedback.remote(request_id, label)
 
 
 class Dataplane:
@@ -182,7 +191,27 @@ class Dataplane:
             # against the version's own schema
             rows = read_v2_body(await self._read_body(request), request.headers.get(INFERENCE_HEADER))
             context = v2_reply_options(rows)
-        return raise_if_error(await model.infer(rows, protocol, version, label)), context
+        caller = self._caller(request, model) if model.routes_callers else None
+        return raise_if_error(await model.infer(rows, protocol, version, label, caller)), context
+
+    @staticmethod
+    def _caller(request: Request, model: ModelHost | DeploymentModel) -> Caller:
+        """Who sent the request, for a traffic split: its X-Request-ID (Serve's proxy or HAProxy
+        sets one when the caller did not), its key id, its headers (copied for another process)."""
+        headers = request.headers
+        return Caller(headers.get("x-request-id"), getattr(request.state, "key_id", None),
+                      headers if isinstance(model, ModelHost) else dict(headers))
+
+    async def _feedback(self, request: Request, name: str) -> dict[str, Any]:
+        """``POST /v1/models/{name}/feedback``: a client's true label for an earlier answer, by
+        its request id; scored by the replica that gave the answer (a rollout's accuracy rule)."""
+        request.state.key_id = self.keys.authorize(request.headers, name)
+        model = self._model(name)
+        body = await self._read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("request_id"), str) or "label" not in body:
+            raise RequestError('feedback must be {"request_id": "<the X-Request-ID of the answer>", '
+                               '"label": <its true class, or a list of one per row>}')
+        return raise_if_error(await model.feedback(body["request_id"], body["label"]))
 
     def _record(self, name: str, version: str, status: int, protocol: ApiProtocol, started: float) -> None:
         model = name if name in self.models else "_unknown"  # bound the tag's values

@@ -7,6 +7,7 @@ from typing import Any
 
 from ray import serve
 
+from maas.serving.canary import Caller
 from maas.serving.host import ModelHost
 from maas.serving.protocol import ApiProtocol
 
@@ -49,8 +50,11 @@ class ModelServer:
         await self.host.configure(user_config)
 
     async def infer(self, payload: Any, protocol: ApiProtocol = "v1", version: str | None = None,
-                    label: str | None = None) -> dict[str, Any]:
-        return await self.host.infer(payload, protocol, version, label)
+                    label: str | None = None, caller: Caller | None = None) -> dict[str, Any]:
+        return await self.host.infer(payload, protocol, version, label, caller)
+
+    async def feedback(self, request_id: str, label: Any) -> dict[str, Any]:
+        return await self.host.feedback(request_id, label)
 
     async def status(self, version: str | None = None, label: str | None = None) -> dict[str, Any]:
         return await self.host.status(version, label)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,8 +17,25 @@ from typing import Any
 
 import numpy as np
 
-from maas.errors import MaasError, OverloadError, RegistryError, UnavailableError, error_reply
+from maas.errors import (
+    MaasError,
+    OverloadError,
+    RegistryError,
+    RequestError,
+    UnavailableError,
+    error_reply,
+)
 from maas.serving.batching import Batcher, predict_grouped
+from maas.serving.canary import (
+    Caller,
+    Decision,
+    FeedbackMemory,
+    Rollout,
+    Split,
+    label_index,
+    predicted_classes,
+    rollout_id,
+)
 from maas.serving.inputs import to_batch
 from maas.serving.model import LoadedModel, Runtime, artifact_runtime
 from maas.serving.oip import parse_v2_tensor
@@ -34,6 +53,14 @@ def serve_batcher(settings: ModelSettings) -> Callable[[Callable], Any]:
     every host in the process, and costs more per request)."""
     return lambda func: Batcher(func, settings.max_batch_size, settings.batch_wait_timeout_s,
                                 latency_target_s=_seconds(settings.latency_target_ms), weigh=_rows)
+
+
+def _short_reason(exc: Exception) -> str:
+    """The line of an exception's message that says what went wrong: TensorFlow's graph errors
+    put it last, after the Python stack that built the node."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and not line.startswith(("File ", "[[", "Detected at node"))]
+    return (kept[-1] if kept else "")[:300]
 
 
 def _rows(item: tuple[LoadedModel, np.ndarray]) -> int:
@@ -74,6 +101,14 @@ class ModelHost:
         self._sync_lock = asyncio.Lock()
         self._poller: asyncio.Task | None = None
         self._recent: deque[float] = deque()  # request times of the last minute, for `maas status`
+        # Traffic split (settings.traffic) of requests naming no version; None: the default answers
+        self.split: Split | None = None
+        self.rollout: Rollout | None = None  # a canary rollout (settings.rollout), when one runs
+        self.rollout_note: str | None = None  # why a configured rollout is not running
+        self._rollout_task: asyncio.Task | None = None
+        self.answers = FeedbackMemory()  # answers given by split, for POST .../feedback
+        self.replica = f"{socket.gethostname()}-{os.getpid()}"
+        self.clock: Callable[[], float] = time.monotonic  # a rollout's windows (tests: virtual)
 
     # --- versions --------------------------------------------------------------------------
 
@@ -90,6 +125,8 @@ class ModelHost:
         if set_target is not None:
             set_target(_seconds(settings.latency_target_ms))
         await self.sync()
+        self._build_routing()  # the rollout policy may change with the same plan
+        await self._follow_rollout()
         if settings.poll_registry_s > 0 and (self._poller is None or self._poller.done()):
             self._poller = asyncio.get_running_loop().create_task(self._poll_registry())
 
@@ -130,6 +167,7 @@ class ModelHost:
                     await self._start_with_what_loads(exc)
                 return
             self._serve(models, plan, None)
+            await self._follow_rollout()
             await self._note_served(plan.default)
             await asyncio.to_thread(self._audit, "version.loaded", versions=list(plan.versions),
                                     default=plan.default, signature_checked=self.verifier is not None)
@@ -138,6 +176,7 @@ class ModelHost:
         self.models, self.plan, self.load_error, self.unavailable = models, plan, error, None
         if error is None:
             self._failed_plan = None
+        self._build_routing()  # before any await: the split only ever names served versions
         logger.info("%s: serving versions %s, default %s, labels %s%s", self.model_name,
                     list(plan.versions), plan.default, plan.labels, f" ({error})" if error else "")
 
@@ -198,26 +237,7 @@ class ModelHost:
     def _plan(self) -> ServingPlan:
         from maas.registry import Registry
 
-        registry = Registry(self.registry_root)
-        registered = self._servable(registry, registry.versions(self.model_name))
-        provisional = plan_versions(self.model_name, self.settings, registered)
-        labels = {v: registry.metadata(self.model_name, v).get("labels", [])
-                  for v in provisional.versions}
-        return plan_versions(self.model_name, self.settings, registered, labels)
-
-    def _servable(self, registry: Any, versions: list[int]) -> list[int]:
-        """The versions this host may serve: a runtime it has, the one the settings ask for."""
-        wanted = self.settings.runtime
-        for version in versions:
-            if version not in self._runtimes:  # a version's artefact never changes: read once
-                self._runtimes[version] = artifact_runtime(registry.metadata(self.model_name, version))
-        servable = [v for v in versions if self._runtimes[v] is not None
-                    and wanted in ("any", self._runtimes[v])]
-        if versions and not servable:
-            kinds = ", ".join(f"{v}: {self._runtimes[v] or 'not served'}" for v in versions)
-            raise RegistryError(f"model '{self.model_name}' has no version to serve with runtime "
-                                f"'{wanted}' (versions: {kinds})")
-        return servable
+        return registry_plan(Registry(self.registry_root), self.model_name, self.settings, self._runtimes)
 
     def _load_from_registry(self, version: int) -> LoadedModel:
         return LoadedModel.from_registry(self.registry_root, self.model_name, version, self.verifier)
@@ -232,22 +252,66 @@ class ModelHost:
 
     # --- requests --------------------------------------------------------------------------
 
-    async def _predict_many(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[np.ndarray]:
-        return predict_grouped(items, self._observe)
+    async def _predict_many(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[Any]:
+        if self.split is None:
+            return predict_grouped(items, self._observe)
+        return self._predict_apart(items)
+
+    def _predict_apart(self, items: list[tuple[LoadedModel, np.ndarray]]) -> list[Any]:
+        """With a traffic split: one call per version as ``predict_grouped``, but a version whose
+        call fails fails only its own requests (their result is the exception), and a rollout
+        counts each version's requests, failures and call time. The call time, not the whole
+        request's latency, is what tells versions apart: they share the replica's batches and
+        event loop, so a slow canary delays the stable requests beside it too."""
+        groups: dict[int, list[int]] = {}
+        for index, (model, _) in enumerate(items):
+            groups.setdefault(id(model), []).append(index)
+        rollout = self.rollout if self.rollout is not None and self.rollout.running else None
+        results: list[Any] = [None] * len(items)
+        for indices in groups.values():
+            part = [items[i] for i in indices]
+            arm = rollout.arm(part[0][0].version) if rollout is not None else None
+            started = time.perf_counter()
+            try:
+                outputs: list[Any] = predict_grouped(part, self._observe)
+            except Exception as exc:  # noqa: BLE001 - answered as the request's error
+                if arm is not None:
+                    arm.failed(len(indices))
+                logger.warning("%s: version %s failed a call for %d requests: %s: %s", self.model_name,
+                               part[0][0].version, len(indices), type(exc).__name__, _short_reason(exc))
+                outputs = [exc] * len(indices)
+            else:
+                if arm is not None:
+                    arm.called(len(indices), time.perf_counter() - started)
+            for i, output in zip(indices, outputs, strict=True):
+                results[i] = output
+        return results
+
+    @property
+    def routes_callers(self) -> bool:
+        """Whether ``infer`` wants the ``Caller`` (a traffic split: stickiness, feedback); the
+        dataplane builds none otherwise."""
+        return self.split is not None
 
     async def infer(self, payload: Any, protocol: ApiProtocol = "v1", version: str | None = None,
-                    label: str | None = None) -> dict[str, Any]:
+                    label: str | None = None, caller: Caller | None = None) -> dict[str, Any]:
         """Validate one request against the version it asks for and predict through the batcher.
-        ``payload``: the rows (v1) or the whole request body (v2). Errors come back as data
-        (``maas.errors.ErrorReply``), the shape that crosses a Serve handle."""
+        ``payload``: the rows (v1) or the whole request body (v2). A request naming no version
+        goes by the traffic split when there is one (``caller``: who asks, for stickiness and
+        feedback). Errors come back as data (``maas.errors.ErrorReply``), the shape that crosses
+        a Serve handle."""
         self._note_request()
+        split = None
         try:
             plan = await self.ensure_loaded()
             if self.pending >= self.settings.max_pending_requests:
                 raise OverloadError(
                     f"model '{self.model_name}' is overloaded: {self.pending} requests are already "
                     f"waiting (max_pending_requests={self.settings.max_pending_requests})")
-            model = self.models[choose_version(self.model_name, plan, version, label)]
+            split = self.split if version is None and label is None else None
+            chosen = split.choose(caller) if split is not None else choose_version(
+                self.model_name, plan, version, label)
+            model = self.models[chosen]
             rows = parse_v2_tensor(payload, model.schema) if protocol == "v2" else payload
             batch = to_batch(rows, model.schema, self.max_rows)
         except MaasError as exc:
@@ -257,7 +321,166 @@ class ModelHost:
             outputs = await self._predict_batch((model, batch))
         finally:
             self.pending -= 1
+        if isinstance(outputs, Exception):  # its version's call failed (``_predict_apart``)
+            return dict(error_reply(MaasError(
+                f"model '{self.model_name}' version {model.version} failed to answer: "
+                f"{type(outputs).__name__}: {_short_reason(outputs)}", status=500)))
+        if split is not None and caller is not None and caller.request_id:
+            self.answers.remember(caller.request_id, model.version, predicted_classes(outputs))
         return {"outputs": outputs, "version": model.version, "lineage": model.lineage_headers}
+
+    async def feedback(self, request_id: str, label: Any) -> dict[str, Any]:
+        """Score a client's true label against what this replica answered to ``request_id``
+        (one label, or a list of one per row); errors as data. Counted for the rollout's accuracy
+        rule when the answer came from the canary or the stable version."""
+        try:
+            found = self.answers.take(request_id) if isinstance(request_id, str) else None
+            if found is None:
+                why = ("it has no traffic split (settings traffic), so no answers are kept"
+                       if self.split is None and not len(self.answers) else
+                       f"this replica keeps the last {self.answers.capacity} answers it gave by "
+                       f"traffic split, each scored once; an answer from another replica is not "
+                       f"known here")
+                raise RequestError(f"model '{self.model_name}' has no answer to request id "
+                                   f"{request_id!r} to score: {why}", status=404)
+            version, predicted = found
+            labels = label if isinstance(label, list) else [label]
+            if len(labels) != len(predicted):
+                raise RequestError(f"request {request_id!r} predicted {len(predicted)} rows; send one "
+                                   f"label, or a list of {len(predicted)} (got {len(labels)})")
+            model = self.models.get(version)
+            classes = list(model.schema.classes) if model is not None else []
+            truth = [label_index(value, classes) if classes else value for value in labels]
+            unknown = [value for value, index in zip(labels, truth, strict=True) if index is None]
+            if unknown:
+                self.answers.remember(request_id, version, predicted)  # a typo: may be sent again
+                raise RequestError(f"label {unknown[0]!r} is not a class of model '{self.model_name}' "
+                                   f"(classes: {classes})")
+            correct = sum(int(t == p) for t, p in zip(truth, predicted, strict=True))
+        except MaasError as exc:
+            return dict(error_reply(exc))
+        rollout = self.rollout
+        arm = rollout.arm(version) if rollout is not None and rollout.running else None
+        if arm is not None:
+            arm.scored(len(predicted), correct)
+        return {"request_id": request_id, "version": version,
+                "predicted": [classes[i] if classes else i for i in predicted],
+                "correct": correct, "rows": len(predicted), "counted": arm is not None}
+
+    # --- traffic split and rollout ---------------------------------------------------------
+
+    def _build_routing(self) -> None:
+        """The split (and rollout) the settings and the plan make; a rollout already running
+        under the same id keeps its state."""
+        plan, settings = self.plan, self.settings
+        self.rollout_note = None
+        if plan is None or not plan.traffic:
+            self.split = self.rollout = None
+            return
+        if settings.rollout is None:
+            self.rollout = None
+            self.split = Split([(v, w) for _, v, w in plan.traffic], settings.sticky, self.model_name)
+            return
+        canary_key, stable_key = settings.rollout_keys()
+        versions = {key: version for key, version, _ in plan.traffic}
+        weights = {key: weight for key, _, weight in plan.traffic}
+        start = weights[canary_key] / sum(weights.values()) * 100
+        identity = rollout_id(self.model_name, settings, plan.traffic)
+        if start == 0:
+            self.rollout = None
+            self.rollout_note = f"stopped: the canary '{canary_key}' has weight 0 (aborted, or not begun)"
+            self.split = Split([(v, w) for _, v, w in plan.traffic], settings.sticky, self.model_name)
+            return
+        if self.rollout is None or self.rollout.id != identity:
+            self.rollout = Rollout(identity, settings.rollout, versions[canary_key],
+                                   versions[stable_key], start, replica=self.replica, clock=self.clock)
+            logger.info("%s: rollout %s of version %s against %s starts at %g%%", self.model_name,
+                        identity, versions[canary_key], versions[stable_key], start)
+        self._apply_share()
+
+    def _apply_share(self) -> None:
+        rollout = self.rollout
+        if rollout is not None:  # the canary first: a promotion only moves sticky callers onto it
+            self.split = Split([(rollout.canary_version, rollout.share),
+                                (rollout.stable_version, 100 - rollout.share)],
+                               self.settings.sticky, self.model_name)
+
+    async def _follow_rollout(self) -> None:
+        """Adopt what other replicas decided, and judge in the background while it runs."""
+        rollout = self.rollout
+        if rollout is None:
+            return
+        await self._share_decisions(rollout)
+        if rollout.decision.state != "rolled_back" and (
+                self._rollout_task is None or self._rollout_task.done()):
+            self._rollout_task = asyncio.get_running_loop().create_task(self._run_rollout())
+
+    async def _run_rollout(self) -> None:
+        """Every ``poll_s``: read the shared decisions, then judge. After a rollback (final for
+        this configuration) it stops; after the last promotion it keeps reading, slowly, since a
+        rollback another replica made at the same moment still wins."""
+        while True:
+            rollout = self.rollout
+            if rollout is None or rollout.decision.state == "rolled_back":
+                return
+            await asyncio.sleep(rollout.poll_s if rollout.running else 5.0)
+            if self.rollout is not rollout:
+                continue
+            try:
+                await self._share_decisions(rollout)
+                decision = rollout.tick()
+                if decision is not None:
+                    self._apply_share()
+                    await self._publish(rollout, decision)
+            except Exception:  # never let the judge die; what it knows is in the status
+                logger.exception("%s: rollout %s step failed", self.model_name, rollout.id)
+
+    async def _share_decisions(self, rollout: Rollout) -> None:
+        try:
+            raw = await asyncio.to_thread(self._read_decisions, rollout.id)
+        except Exception as exc:  # a storage outage: judge on, share later
+            logger.warning("%s: rollout decisions not read: %s", self.model_name, exc)
+            return
+        shared = [Decision.from_dict(d) for d in raw if isinstance(d, dict)]
+        adopted = rollout.adopt(shared)
+        if adopted is not None:
+            self._apply_share()
+            logger.info("%s: rollout %s: canary version %s at %g%% (%s, decided by %s): %s",
+                        self.model_name, rollout.id, rollout.canary_version, adopted.share,
+                        adopted.state, adopted.replica or "another replica", adopted.reason)
+        elif rollout.behind(shared):
+            await self._write_shared(rollout.decision)
+
+    async def _publish(self, rollout: Rollout, decision: Decision) -> None:
+        log = logger.warning if decision.state == "rolled_back" else logger.info
+        log("%s: rollout %s: canary version %s %s, now %g%% of requests naming no version: %s",
+            self.model_name, rollout.id, rollout.canary_version,
+            "rolled back" if decision.state == "rolled_back" else "promoted", decision.share,
+            decision.reason)
+        await self._write_shared(decision)
+        from maas.audit import ROLLOUT_ACTIONS
+
+        action = ROLLOUT_ACTIONS[1] if decision.state == "rolled_back" else ROLLOUT_ACTIONS[0]
+        await asyncio.to_thread(self._audit, action, rollout_id=rollout.id, state=decision.state,
+                                canary_version=rollout.canary_version,
+                                stable_version=rollout.stable_version, share=decision.share,
+                                reason=decision.reason, stats=decision.stats, replica=self.replica)
+
+    async def _write_shared(self, decision: Decision) -> None:
+        try:
+            await asyncio.to_thread(self._write_decision, decision.rollout_id, decision.to_dict())
+        except Exception as exc:  # written again at the next poll (``Rollout.behind``)
+            logger.warning("%s: rollout decision not shared yet: %s", self.model_name, exc)
+
+    def _read_decisions(self, identity: str) -> list[dict[str, Any]]:
+        from maas.registry import Registry
+
+        return Registry(self.registry_root).rollout_decisions(self.model_name, identity)
+
+    def _write_decision(self, identity: str, decision: dict[str, Any]) -> None:
+        from maas.registry import Registry
+
+        Registry(self.registry_root).record_rollout_decision(self.model_name, identity, decision)
 
     def _note_request(self) -> None:
         now = time.monotonic()
@@ -279,9 +502,51 @@ class ModelHost:
                 "label_map": plan.labels, "policy": self.settings.model_dump(mode="json"),
                 "load_error": self.load_error, "pending_requests": self.pending,
                 "requests_last_minute": sum(t > time.monotonic() - 60 for t in self._recent),
-                **self._batching_status()}
+                **self._batching_status(), **self._traffic_status(plan)}
+
+    def _traffic_status(self, plan: ServingPlan) -> dict[str, Any]:
+        """The split of requests naming no version and the rollout's state, while configured."""
+        if not plan.traffic:
+            return {}
+        status: dict[str, Any] = {"traffic": {
+            "weights": {key: weight for key, _, weight in plan.traffic},
+            "versions": {key: version for key, version, _ in plan.traffic},
+            "percent": self.split.percent() if self.split is not None else {},
+            "sticky": self.settings.sticky}}
+        if self.rollout is not None:
+            status["rollout"] = self.rollout.state()
+        elif self.rollout_note is not None:
+            status["rollout"] = {"state": "stopped", "reason": self.rollout_note}
+        return status
 
     def _batching_status(self) -> dict[str, Any]:
         """The adaptive batcher's current wait, cap and observed call time, while it is on."""
         policy = getattr(self._predict_batch, "policy", None)
         return {} if policy is None else {"batching": policy.state()}
+
+
+def registry_plan(registry: Any, name: str, settings: ModelSettings,
+                  runtimes: dict[int, Runtime | None] | None = None) -> ServingPlan:
+    """What ``settings`` pick from the registry, as every replica resolves it (``python -m maas
+    serve rollout`` resolves it the same way to find the rollout's shared decisions).
+    ``runtimes``: a cache of each version's runtime (a version's artefact never changes)."""
+    registered = _servable(registry, name, settings, registry.versions(name),
+                           {} if runtimes is None else runtimes)
+    provisional = plan_versions(name, settings, registered)
+    labels = {v: registry.metadata(name, v).get("labels", []) for v in provisional.versions}
+    return plan_versions(name, settings, registered, labels)
+
+
+def _servable(registry: Any, name: str, settings: ModelSettings, versions: list[int],
+              runtimes: dict[int, Runtime | None]) -> list[int]:
+    """The versions a host may serve: a runtime it has, the one the settings ask for."""
+    wanted = settings.runtime
+    for version in versions:
+        if version not in runtimes:
+            runtimes[version] = artifact_runtime(registry.metadata(name, version))
+    servable = [v for v in versions if runtimes[v] is not None and wanted in ("any", runtimes[v])]
+    if versions and not servable:
+        kinds = ", ".join(f"{v}: {runtimes[v] or 'not served'}" for v in versions)
+        raise RegistryError(f"model '{name}' has no version to serve with runtime "
+                            f"'{wanted}' (versions: {kinds})")
+    return servable

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import BeforeValidator, Field, StringConstraints, model_validator
 
 from maas.config import default_registry_root
 from maas.errors import ConfigError
@@ -18,6 +18,8 @@ from maas.schema import NAME_PATTERN, StrictSchema, validate_config
 from maas.serving.adaptive import MIN_TARGET_S
 
 LABEL_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,31}$"  # never all digits: a label is not a version
+TRAFFIC_KEY_PATTERN = r"^([A-Za-z][A-Za-z0-9_-]{0,31}|[1-9][0-9]{0,8})$"  # a label or a version number
+STICKY_API_KEY = "api_key"  # sticky: api_key hashes the caller's API key id; any other value names a header
 INGRESS = "Ingress"  # the deployment name of the HTTP ingress in every app build_app makes
 
 
@@ -34,6 +36,65 @@ class VersionPolicy(StrictSchema):
         if (self.latest is None) == (self.specific is None):
             raise ValueError("set exactly one of 'latest: N' or 'specific: [version, ...]'")
         return self
+
+
+class RolloutPolicy(StrictSchema):
+    """Promote a canary step by step while it holds against the stable version on live metrics,
+    roll it back to 0% at once when it breaches (``maas.serving.canary``)."""
+
+    canary: str | None = Field(
+        None, pattern=TRAFFIC_KEY_PATTERN,
+        description="The traffic key being rolled out (a label or version number); the other key "
+                    "is the stable version. Default: the key with the smaller weight.")
+    steps: list[float] = Field(
+        default_factory=lambda: [10.0, 50.0, 100.0], min_length=1,
+        description="The canary's share of traffic (percent) after each promotion, ascending; it "
+                    "starts at its share in traffic and goes through the steps above that.")
+    window_s: float = Field(60.0, ge=0.5, le=86400,
+                            description="Seconds of live traffic judged before each promotion.")
+    min_requests: int = Field(
+        100, ge=1, le=10_000_000,
+        description="Requests each version must answer in a window before it is judged; fewer: no "
+                    "decision, the next window is judged. The canary is rolled back mid-window as "
+                    "soon as it has this many and breaches.")
+    max_error_rate_increase: float = Field(
+        0.01, ge=0, le=1,
+        description="Rollback when the canary's share of failed model calls exceeds the stable "
+                    "version's by more than this (0.01: one percentage point).")
+    max_p99_ratio: float = Field(
+        2.0, ge=1, le=1000,
+        description="Rollback when the canary's p99 model call time per request is more than this "
+                    "times the stable version's (and more than p99_tolerance_ms above it).")
+    p99_tolerance_ms: float = Field(
+        2.0, ge=0, le=60_000,
+        description="A p99 difference under this never counts as a breach: sub-millisecond calls "
+                    "differ by ratios that mean nothing.")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1,
+        description="With feedback (POST /v1/models/{name}/feedback): rollback when the canary's "
+                    "accuracy is more than this below the stable version's; promotions then wait "
+                    "for min_feedback labelled answers from each version. Unset: accuracy is not judged.")
+    min_feedback: int = Field(50, ge=1, le=10_000_000,
+                              description="Labelled answers per version before accuracy is judged.")
+
+    @model_validator(mode="after")
+    def _steps_ascend(self) -> RolloutPolicy:
+        if any(not 0 < step <= 100 for step in self.steps):
+            raise ValueError(f"rollout steps {self.steps} must each be a share of traffic above 0 and "
+                             f"at most 100 (percent)")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError(f"rollout steps {self.steps} must ascend, e.g. [10, 50, 100]")
+        return self
+
+
+def _traffic_keys(value: Any) -> Any:
+    """YAML reads ``{1: 90, 2: 10}`` with int keys: version numbers, kept as text."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
+TrafficWeights = Annotated[
+    dict[Annotated[str, StringConstraints(pattern=TRAFFIC_KEY_PATTERN)], float],
+    BeforeValidator(_traffic_keys)]
 
 
 class ModelSettings(StrictSchema):
@@ -78,6 +139,21 @@ class ModelSettings(StrictSchema):
                     "stays within half of this target (HTTP and the proxy get the rest), backing "
                     "off when observed latency runs over; max_batch_size stays the upper bound. "
                     "Unset: the fixed wait. At least 1 ms.")
+    traffic: TrafficWeights | None = Field(
+        None,
+        description="Split the requests that name no version between versions by weight: label or "
+                    "version number -> weight, e.g. {stable: 90, canary: 10}. Requests naming a "
+                    "version or label still get it. Unset: the default version answers them all.")
+    sticky: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="With traffic: one caller sees one version. 'api_key': the caller's API key id "
+                    "is hashed to a version; any other value names a request header (e.g. "
+                    "x-user-id) whose value is. Callers without it are split per request.")
+    rollout: RolloutPolicy | None = Field(
+        None,
+        description="With traffic of two keys: judge the canary against the stable version on "
+                    "live metrics each window, promote it through the steps while it holds, roll "
+                    "it back to 0% at once when it breaches. Decisions are shared by every replica.")
     max_pending_requests: int = Field(
         1024, ge=1, le=1_000_000,
         description="Requests waiting for this model in one replica; past it a request gets 503 "
@@ -93,6 +169,46 @@ class ModelSettings(StrictSchema):
                 f"set a target of a few milliseconds or more, or leave it unset for the fixed "
                 f"batch_wait_timeout_s")
         return self
+
+    @model_validator(mode="after")
+    def _traffic_consistent(self) -> ModelSettings:
+        if self.traffic is not None:
+            weights = self.traffic
+            if not weights:
+                raise ValueError("traffic is empty: give label or version -> weight, e.g. "
+                                 "{stable: 90, canary: 10}, or leave it unset")
+            negative = {k: w for k, w in weights.items() if not w >= 0 or w == float("inf")}
+            if negative:
+                raise ValueError(f"traffic weights must be finite and non-negative, got {negative}")
+            if sum(weights.values()) <= 0:
+                raise ValueError(f"traffic weights {weights} add up to 0: at least one version must "
+                                 f"get requests")
+        elif self.sticky is not None or self.rollout is not None:
+            which = "sticky" if self.sticky is not None else "rollout"
+            raise ValueError(f"{which} needs traffic: name the versions to split requests between, "
+                             f"e.g. traffic: {{stable: 90, canary: 10}}")
+        if self.rollout is not None and self.traffic is not None:
+            self.rollout_keys()  # raises with the reason
+        return self
+
+    def rollout_keys(self) -> tuple[str, str]:
+        """(canary key, stable key) of the rollout: the two keys of ``traffic``."""
+        traffic, rollout = self.traffic or {}, self.rollout
+        if rollout is None or len(traffic) != 2:
+            raise ValueError(f"a rollout judges a canary against one stable version: traffic must "
+                             f"name exactly two versions or labels, got {sorted(traffic)}")
+        first, second = sorted(traffic, key=lambda k: (traffic[k], k))
+        if rollout.canary is not None:
+            if rollout.canary not in traffic:
+                raise ValueError(f"rollout.canary '{rollout.canary}' is not a key of traffic "
+                                 f"({', '.join(sorted(traffic))})")
+            canary = rollout.canary
+        elif traffic[first] == traffic[second]:
+            raise ValueError(f"traffic gives {first} and {second} the same weight: say which is the "
+                             f"canary with rollout.canary")
+        else:
+            canary = first
+        return canary, (second if canary == first else first)
 
 
 class ModelEndpoint(StrictSchema):

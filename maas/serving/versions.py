@@ -11,11 +11,13 @@ from maas.serving.settings import ModelSettings
 
 @dataclass(frozen=True)
 class ServingPlan:
-    """What a model deployment serves: versions (ascending), label map, the default version."""
+    """What a model deployment serves: versions (ascending), label map, the default version, and
+    the traffic split of requests naming no version: (key, version, weight) in the config's order."""
 
     versions: tuple[int, ...]
     labels: dict[str, int]
     default: int
+    traffic: tuple[tuple[str, int, float], ...] = ()
 
 
 def plan_versions(name: str, settings: ModelSettings, registered: list[int],
@@ -48,7 +50,35 @@ def plan_versions(name: str, settings: ModelSettings, registered: list[int],
         raise RegistryError(f"default label '{settings.default}' of model '{name}' names no version "
                           f"(labels: {sorted(labels) or 'none'})")
     default = labels[settings.default] if settings.default else picked[-1]
-    return ServingPlan(tuple(sorted({*picked, *labels.values()})), labels, default)
+    served = tuple(sorted({*picked, *labels.values()}))
+    return ServingPlan(served, labels, default, plan_traffic(name, settings, served, labels))
+
+
+def plan_traffic(name: str, settings: ModelSettings, served: tuple[int, ...],
+                 labels: dict[str, int]) -> tuple[tuple[str, int, float], ...]:
+    """``settings.traffic`` resolved: each key a label or a served version number."""
+    if settings.traffic is None:
+        return ()
+    resolved = []
+    for key, weight in settings.traffic.items():
+        if key in labels:
+            version = labels[key]
+        elif key.isdigit() and int(key) in served:
+            version = int(key)
+        else:
+            known = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+            raise RegistryError(
+                f"traffic of model '{name}' names '{key}', which is neither a label nor a served "
+                f"version (labels: {known}; served versions: {', '.join(map(str, served))})")
+        resolved.append((key, version, float(weight)))
+    if settings.rollout is not None:
+        canary, stable = settings.rollout_keys()
+        versions = {key: version for key, version, _ in resolved}
+        if versions[canary] == versions[stable]:
+            raise RegistryError(
+                f"the rollout of model '{name}' would judge version {versions[canary]} against "
+                f"itself: traffic keys '{canary}' and '{stable}' name the same version")
+    return tuple(resolved)
 
 
 def choose_version(name: str, plan: ServingPlan, version: str | None = None,
