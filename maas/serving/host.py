@@ -106,6 +106,7 @@ class ModelHost:
         self.rollout: Rollout | None = None  # a canary rollout (settings.rollout), when one runs
         self.rollout_note: str | None = None  # why a configured rollout is not running
         self._rollout_task: asyncio.Task | None = None
+        self._judging: asyncio.Task | None = None  # an early judgement after a canary's failure
         self.answers = FeedbackMemory()  # answers given by split, for POST .../feedback
         self.replica = f"{socket.gethostname()}-{os.getpid()}"
         self.clock: Callable[[], float] = time.monotonic  # a rollout's windows (tests: virtual)
@@ -277,6 +278,8 @@ class ModelHost:
             except Exception as exc:  # noqa: BLE001 - answered as the request's error
                 if arm is not None:
                     arm.failed(len(indices))
+                    if arm is rollout.canary and arm.requests >= rollout.policy.min_requests:
+                        self._judge_soon(rollout)  # a failing canary: not a poll interval later
                 logger.warning("%s: version %s failed a call for %d requests: %s: %s", self.model_name,
                                part[0][0].version, len(indices), type(exc).__name__, _short_reason(exc))
                 outputs = [exc] * len(indices)
@@ -434,6 +437,20 @@ class ModelHost:
                     await self._publish(rollout, decision)
             except Exception:  # never let the judge die; what it knows is in the status
                 logger.exception("%s: rollout %s step failed", self.model_name, rollout.id)
+
+    def _judge_soon(self, rollout: Rollout) -> None:
+        """Judge right after this batch instead of at the next poll, once at a time: bounds what
+        a failing canary can hurt to about ``min_requests`` per replica."""
+        if self._judging is not None and not self._judging.done():
+            return
+
+        async def judge() -> None:
+            decision = rollout.tick() if self.rollout is rollout else None
+            if decision is not None:
+                self._apply_share()
+                await self._publish(rollout, decision)
+
+        self._judging = asyncio.get_running_loop().create_task(judge())
 
     async def _share_decisions(self, rollout: Rollout) -> None:
         try:

@@ -354,6 +354,23 @@ def test_a_failing_canary_fails_only_its_own_requests_and_is_counted() -> None:
     run(scenario())
 
 
+def test_a_failing_canary_is_judged_at_once_not_at_the_next_poll() -> None:
+    async def scenario() -> None:
+        host = CanaryHost([1, 2], Store(), Clock(), failing={2})
+        await host.configure({**ROLLOUT, "traffic": {"stable": 50, "canary": 50},
+                              "rollout": {**ROLLOUT["rollout"], "canary": "canary"}})
+        failed = 0
+        while host.rollout.running:
+            answer = await host.infer([[0.0, 0.0]])
+            failed += answer.get("status") == 500
+            await asyncio.sleep(0)  # the early judgement runs right after the batch
+        assert failed == 20 and host.rollout.decision.state == "rolled_back"  # min_requests
+        await host._judging
+        assert [d["state"] for d in host.store.files.values()] == ["rolled_back"]  # shared
+
+    run(scenario())
+
+
 def test_models_without_traffic_take_no_split_path() -> None:
     async def scenario() -> None:
         host = FakeRegistryHost([1, 2])
