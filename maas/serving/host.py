@@ -104,7 +104,7 @@ class ModelHost:
         # Traffic split (settings.traffic) of requests naming no version; None: the default answers
         self.split: Split | None = None
         self.rollout: Rollout | None = None  # a canary rollout (settings.rollout), when one runs
-        self.rollout_note: str | None = None  # why a configured rollout is not running
+        self.rollout_note: dict[str, str] | None = None  # why a configured rollout is not running
         self._rollout_task: asyncio.Task | None = None
         self._judging: asyncio.Task | None = None  # an early judgement after a canary's failure
         self.answers = FeedbackMemory()  # answers given by split, for POST .../feedback
@@ -380,9 +380,14 @@ class ModelHost:
         if plan is None or not plan.traffic:
             self.split = self.rollout = None
             return
-        if settings.rollout is None:
+        if settings.rollout is None or set(settings.traffic or {}) != {k for k, _, _ in plan.traffic}:
+            # no rollout; or settings newer than the plan being served (their plan failed to
+            # load, or is loading): the served plan's split, and the rollout once its plan serves
             self.rollout = None
             self.split = Split([(v, w) for _, v, w in plan.traffic], settings.sticky, self.model_name)
+            if settings.rollout is not None:
+                self.rollout_note = {"state": "waiting",
+                                     "reason": "the versions its traffic names are not served yet"}
             return
         canary_key, stable_key = settings.rollout_keys()
         versions = {key: version for key, version, _ in plan.traffic}
@@ -391,7 +396,8 @@ class ModelHost:
         identity = rollout_id(self.model_name, settings, plan.traffic)
         if start == 0:
             self.rollout = None
-            self.rollout_note = f"stopped: the canary '{canary_key}' has weight 0 (aborted, or not begun)"
+            self.rollout_note = {"state": "stopped",
+                                 "reason": f"the canary '{canary_key}' has weight 0 (aborted, or not begun)"}
             self.split = Split([(v, w) for _, v, w in plan.traffic], settings.sticky, self.model_name)
             return
         if self.rollout is None or self.rollout.id != identity:
@@ -533,7 +539,7 @@ class ModelHost:
         if self.rollout is not None:
             status["rollout"] = self.rollout.state()
         elif self.rollout_note is not None:
-            status["rollout"] = {"state": "stopped", "reason": self.rollout_note}
+            status["rollout"] = dict(self.rollout_note)
         return status
 
     def _batching_status(self) -> dict[str, Any]:

@@ -371,6 +371,20 @@ def test_a_failing_canary_is_judged_at_once_not_at_the_next_poll() -> None:
     run(scenario())
 
 
+def test_a_rollout_whose_versions_do_not_load_leaves_the_served_split_alone() -> None:
+    async def scenario() -> None:
+        host = CanaryHost([1, 2], Store(), Clock())
+        await host.configure({"versions": {"latest": 2}, "traffic": {"1": 80, "2": 20}})
+        host.registered.append(3)
+        host.broken.add(3)
+        await host.configure({**ROLLOUT, "labels": {"stable": 1, "canary": 3}})  # v3 fails to load
+        assert "integrity check" in host.load_error and host.rollout is None
+        assert host.split.percent() == {"1": 80.0, "2": 20.0}  # what is served keeps its split
+        assert (await host.status())["rollout"]["state"] == "waiting"
+
+    run(scenario())
+
+
 def test_models_without_traffic_take_no_split_path() -> None:
     async def scenario() -> None:
         host = FakeRegistryHost([1, 2])
