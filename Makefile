@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo down test lint unit
+.PHONY: setup demo down test lint unit chaos cluster-local
 
 setup: $(VENV)/.installed
 
@@ -30,4 +30,13 @@ unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
 test: setup lint
-	$(BIN)/python -m pytest -q -rs --durations=15
+	$(BIN)/python -m pytest -q -rs --durations=15 -m "not slow"
+
+# The fault tests that take minutes (a killed worker node, ...) besides the short ones make test
+# runs; the figures come from bench/chaos.py (every fault under load) and bench/soak.py (10 min).
+chaos: setup
+	$(BIN)/python -m pytest -q -rs --durations=15 tests/chaos
+
+# A head and two worker nodes on this machine, each its own `ray start`; Ctrl-C stops exactly them.
+cluster-local: setup
+	$(BIN)/python -m maas.localcluster up --workers 2
