@@ -36,11 +36,69 @@ def default_storage_path() -> str:
 
 
 DatasetName = Literal["digits", "breast_cancer", "reviews", "mnist", "fashion_mnist", "cifar10",
-                      "imdb", "csv", "parquet", "npz"]
+                      "imdb", "csv", "parquet", "npz", "capture"]
 # no data.path: shipped with scikit-learn, generated, or Keras' data sets (maas/keras_datasets.py)
 BUILTIN_DATASETS = ("digits", "breast_cancer", "reviews", "mnist", "fashion_mnist", "cifar10", "imdb")
 MissingPolicy = Literal["refuse", "drop", "impute_mean", "impute_median"]
 IMPUTING = ("impute_mean", "impute_median")
+
+
+class CaptureSource(StrictSchema):
+    """``data.source: capture``: the traffic a served model captured (its settings' ``capture``),
+    labelled by the feedback clients sent for it (``maas/capture.py``).
+
+    The range is pinned where the config is first read (the driver): relative times become
+    absolute, ``until`` defaults to that moment, and ``as_of`` records it; files written after
+    ``as_of`` are not read, so every training worker reads the same rows as the driver, and the
+    registered version's config says exactly which traffic it learnt from."""
+
+    model: str = Field(pattern=NAME_PATTERN, description="The served model whose capture is read.")
+    since: str = Field(description="Start of the range: an ISO time (2026-12-01, "
+                                   "2026-12-01T08:00:00Z; UTC unless it says) or a span back from "
+                                   "now (30m, 12h, 7d, 2w).")
+    until: str | None = Field(None, description="End of the range (exclusive), the same forms; "
+                                                "default: when the config is first read.")
+    version: int | None = Field(None, ge=1, description="Only rows this version answered; default: "
+                                                        "every version (the newest one's schema).")
+    require_label: bool = Field(
+        True, description="Drop rows without a feedback label (counted in the job log); false: "
+                          "such rows are labelled with the class the model answered.")
+    registry: str | None = Field(None, description="Registry whose capture is read; default: the "
+                                                   "job's registry.root.")
+    as_of: str | None = Field(None, description="Set when the config is first read: files written "
+                                                "later are not read (leave it unset).")
+
+    @field_validator("registry")
+    @classmethod
+    def _absolute_registry(cls, root: str | None) -> str | None:
+        """A relative local registry that exists is made absolute on the driver, as data.path."""
+        if not root or "://" in root:
+            return root
+        local = Path(root).expanduser()
+        return str(local.resolve()) if not local.is_absolute() and local.exists() else str(local)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pin_range(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        from datetime import datetime, timezone
+
+        from maas.capture import iso, parse_time
+
+        raw = dict(raw)
+        now = datetime.now(timezone.utc)
+        if raw.get("as_of") is not None:
+            now = parse_time(str(raw["as_of"]), now, "data.capture.as_of")
+        raw["as_of"] = iso(now)
+        if raw.get("since") is None:
+            return raw  # "field required" follows
+        since = parse_time(raw["since"], now, "data.capture.since")
+        until = now if raw.get("until") is None else parse_time(raw["until"], now, "data.capture.until")
+        if since >= until:
+            raise ValueError(f"data.capture.since ({iso(since)}) must be before until ({iso(until)})")
+        raw["since"], raw["until"] = iso(since), iso(until)
+        return raw
 
 
 class DataConfig(StrictSchema):
@@ -60,6 +118,8 @@ class DataConfig(StrictSchema):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 0
+    capture: CaptureSource | None = Field(
+        None, description="source capture: the served model, time range and labels to read")
     missing: MissingPolicy = Field(
         "refuse",
         description="Empty (NaN) feature values: refuse (stop the job, naming the column), drop "
@@ -94,6 +154,16 @@ class DataConfig(StrictSchema):
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataConfig:
+        if (self.source == "capture") != (self.capture is not None):
+            raise ValueError("data.source: capture needs data.capture (model, since: e.g. 7d), and "
+                             "data.capture is only for data.source: capture")
+        if self.source == "capture":
+            given = [name for name, value in (("path", self.path), ("text_column", self.text_column),
+                                              ("classes", self.classes)) if value]
+            if given:
+                raise ValueError(f"data.{given[0]} does not apply to data.source: capture: the input "
+                                 f"shape and classes come from the captured model's registered schema")
+            return self
         builtin = self.source in BUILTIN_DATASETS
         if builtin and self.path:
             raise ValueError(f"data.path is only for file sources; '{self.source}' is built in")
@@ -200,6 +270,22 @@ class TrainJobConfig(StrictSchema):
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     run: RunSection = Field(default_factory=RunSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _capture_registry(cls, raw: Any) -> Any:
+        """Captured traffic is read from the job's own registry unless data.capture says otherwise
+        (filled in here, so it travels to the workers as it was resolved on the driver)."""
+        if not isinstance(raw, dict):
+            return raw
+        data = raw.get("data")
+        capture = data.get("capture") if isinstance(data, dict) else None
+        if isinstance(capture, dict) and capture.get("registry") is None:
+            registry = raw.get("registry")
+            root = registry.get("root") if isinstance(registry, dict) else None
+            raw = {**raw, "data": {**data, "capture": {**capture,
+                                                       "registry": root or default_registry_root()}}}
+        return raw
 
 
 # ---------------------------------------------------------------------------------------------

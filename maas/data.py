@@ -479,6 +479,10 @@ def load_dataset(cfg: DataConfig) -> Splits:
     worker reads only its own files (``maas/shards.py``)."""
     from maas import shards  # it builds on this module
 
+    if cfg.source == "capture":  # a served model's captured traffic, labelled by its feedback
+        from maas.capture import load_captured
+
+        return load_captured(cfg)
     if shards.is_sharded(cfg):
         return shards.load_all_shards(cfg)
     features, raw_labels, source = read_raw(cfg)

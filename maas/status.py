@@ -109,6 +109,12 @@ def _model_row(app: str, model: str, state: str, replicas: int,
                 "canary_share" in rollout) else ""
             reason = (rollout.get("decisions") or [{}])[-1].get("reason") or rollout.get("reason", "")
             row["rollout"] = f"canary{share} {rollout['state']}: {reason}"[:120]
+        capture = status.get("capture")
+        if capture:  # this replica's capture: what it wrote, holds and dropped
+            row["capture"] = (f"{capture['rate']:g} of requests: {capture['written_rows']} rows written, "
+                              f"{capture['buffered_rows']} buffered, {capture['dropped_requests']} "
+                              f"requests dropped" + (f", last error: {capture['last_error']}"
+                                                     if capture.get("last_error") else ""))[:160]
     return row
 
 
@@ -129,5 +135,6 @@ def render(info: dict[str, Any]) -> str:
                f"~{m['rate']:.2f} req/s (last minute)" if m["rate"] is not None else
                f"  {m['model']:<20} v{m['version']!s:<4} replicas={m['replicas']:<2} {m['status']}")
               + (f"\n    rollout: {m['rollout']}" if m.get("rollout") else "")
+              + (f"\n    capture: {m['capture']}" if m.get("capture") else "")
               for m in info["models"]] or ["  none"]
     return "\n".join(lines)

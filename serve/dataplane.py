@@ -204,7 +204,9 @@ class Dataplane:
 
     async def _feedback(self, request: Request, name: str) -> dict[str, Any]:
         """``POST /v1/models/{name}/feedback``: a client's true label for an earlier answer, by
-        its request id; scored by the replica that gave the answer (a rollout's accuracy rule)."""
+        its request id; scored by the replica that gave the answer (a rollout's accuracy rule),
+        and, with capture on, recorded next to the captured requests by whichever replica gets it
+        (joined by request id when the capture is read for training)."""
         request.state.key_id = self.keys.authorize(request.headers, name)
         model = self._model(name)
         body = await self._read_json(request)
@@ -246,3 +248,5 @@ class Dataplane:
 
     def __del__(self) -> None:  # Serve calls it on graceful shutdown: keep the last second's counts
         self._flush_counts()
+        for host in getattr(self, "hosts", {}).values():  # and what capture has not written yet
+            host.close_capture()

@@ -62,3 +62,8 @@ class ModelServer:
     async def check_health(self) -> None:
         """Healthy while the replica answers: a model with no loadable version answers 503 with
         the reason and retries on its own; restarting the replica would not make it load."""
+
+    def __del__(self) -> None:  # Serve calls it on graceful shutdown: write what capture holds
+        host = getattr(self, "host", None)
+        if host is not None:
+            host.close_capture()

@@ -36,11 +36,12 @@ from maas.serving.canary import (
     predicted_classes,
     rollout_id,
 )
+from maas.serving.capture import Capture
 from maas.serving.inputs import to_batch
 from maas.serving.model import LoadedModel, Runtime, artifact_runtime
 from maas.serving.oip import parse_v2_tensor
 from maas.serving.protocol import ApiProtocol
-from maas.serving.settings import ModelSettings
+from maas.serving.settings import CaptureSettings, ModelSettings
 from maas.serving.versions import ServingPlan, choose_version, plan_versions
 
 logger = logging.getLogger("ray.serve")
@@ -70,6 +71,13 @@ def _rows(item: tuple[LoadedModel, np.ndarray]) -> int:
 
 def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / 1e3
+
+
+def _route(version: str | None, label: str | None) -> str:
+    """What a captured request asked for: ``default``, ``version/3`` or ``label/stable``."""
+    if version is not None:
+        return f"version/{version}"
+    return "default" if label is None else f"label/{label}"
 
 
 class ModelHost:
@@ -108,6 +116,7 @@ class ModelHost:
         self._rollout_task: asyncio.Task | None = None
         self._judging: asyncio.Task | None = None  # an early judgement after a canary's failure
         self.answers = FeedbackMemory()  # answers given by split, for POST .../feedback
+        self.capture: Capture | None = None  # sampled requests and feedback (settings.capture), when on
         self.replica = f"{socket.gethostname()}-{os.getpid()}"
         self.clock: Callable[[], float] = time.monotonic  # a rollout's windows (tests: virtual)
 
@@ -119,6 +128,7 @@ class ModelHost:
 
         settings = validate_config(ModelSettings, user_config or {}, f"user_config of {self.model_name}")
         self.settings, self._failed_plan = settings, None
+        await self._configure_capture(settings.capture)
         self._predict_batch.set_max_batch_size(settings.max_batch_size)
         self._predict_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         # test stand-ins for the batcher may not adapt; ours always can
@@ -130,6 +140,36 @@ class ModelHost:
         await self._follow_rollout()
         if settings.poll_registry_s > 0 and (self._poller is None or self._poller.done()):
             self._poller = asyncio.get_running_loop().create_task(self._poll_registry())
+
+    async def _configure_capture(self, settings: CaptureSettings | None) -> None:
+        """Capture on (a writer task on this loop), changed in place (its buffer kept), or off
+        (what it holds written first)."""
+        capture = self.capture
+        if settings is None or settings.rate <= 0:
+            if capture is not None:
+                self.capture = None
+                await capture.close()
+                logger.info("%s: capture off (%d rows written by this replica)", self.model_name,
+                            capture.written_rows)
+            return
+        if capture is None:
+            capture = Capture(self.model_name, self.registry_root, settings, self.replica)
+            capture.start()
+            self.capture = capture
+            logger.info("%s: capturing %g of requests to %s", self.model_name, settings.rate,
+                        capture.state()["path"])
+        else:
+            capture.apply(settings)
+
+    def close_capture(self) -> None:
+        """Write what capture holds now, in this thread (a replica shutting down)."""
+        capture, self.capture = self.capture, None
+        if capture is not None:
+            capture.closed = True
+            try:
+                capture.flush_now()
+            except Exception as exc:  # shutting down: say what was lost, never raise
+                logger.warning("%s: captured traffic not written at shutdown: %s", self.model_name, exc)
 
     async def _poll_registry(self) -> None:
         while self.settings.poll_registry_s > 0:
@@ -292,9 +332,9 @@ class ModelHost:
 
     @property
     def routes_callers(self) -> bool:
-        """Whether ``infer`` wants the ``Caller`` (a traffic split: stickiness, feedback); the
-        dataplane builds none otherwise."""
-        return self.split is not None
+        """Whether ``infer`` wants the ``Caller`` (a traffic split: stickiness, feedback; capture:
+        the request id); the dataplane builds none otherwise."""
+        return self.split is not None or self.capture is not None
 
     async def infer(self, payload: Any, protocol: ApiProtocol = "v1", version: str | None = None,
                     label: str | None = None, caller: Caller | None = None) -> dict[str, Any]:
@@ -303,7 +343,7 @@ class ModelHost:
         goes by the traffic split when there is one (``caller``: who asks, for stickiness and
         feedback). Errors come back as data (``maas.errors.ErrorReply``), the shape that crosses
         a Serve handle."""
-        self._note_request()
+        arrived = self._note_request()
         split = None
         try:
             plan = await self.ensure_loaded()
@@ -330,16 +370,25 @@ class ModelHost:
                 f"{type(outputs).__name__}: {_short_reason(outputs)}", status=500)))
         if split is not None and caller is not None and caller.request_id:
             self.answers.remember(caller.request_id, model.version, predicted_classes(outputs))
+        capture = self.capture
+        if capture is not None:
+            capture.offer(caller.request_id if caller is not None else None, model, protocol,
+                          "traffic" if split is not None else _route(version, label), batch, outputs,
+                          time.monotonic() - arrived)
         return {"outputs": outputs, "version": model.version, "lineage": model.lineage_headers}
 
     async def feedback(self, request_id: str, label: Any) -> dict[str, Any]:
         """Score a client's true label against what this replica answered to ``request_id``
         (one label, or a list of one per row); errors as data. Counted for the rollout's accuracy
         rule when the answer came from the canary or the stable version."""
+        capture = self.capture
         try:
             found = self.answers.take(request_id) if isinstance(request_id, str) else None
+            if found is None and capture is not None:  # joined with the capture when it is read
+                return self._captured_feedback(capture, request_id, label)
             if found is None:
-                why = ("it has no traffic split (settings traffic), so no answers are kept"
+                why = ("it has no traffic split (settings traffic), so no answers are kept, and no "
+                       "capture (settings capture), which would record the label for any request"
                        if self.split is None and not len(self.answers) else
                        f"this replica keeps the last {self.answers.capacity} answers it gave by "
                        f"traffic split, each scored once; an answer from another replica is not "
@@ -366,9 +415,42 @@ class ModelHost:
         arm = rollout.arm(version) if rollout is not None and rollout.running else None
         if arm is not None:
             arm.scored(len(predicted), correct)
+        captured = capture is not None and capture.record_feedback(
+            request_id, [str(classes[t]) if classes else str(t) for t in truth])
         return {"request_id": request_id, "version": version,
                 "predicted": [classes[i] if classes else i for i in predicted],
-                "correct": correct, "rows": len(predicted), "counted": arm is not None}
+                "correct": correct, "rows": len(predicted), "counted": arm is not None,
+                **({"captured": captured} if capture is not None else {})}
+
+    def _captured_feedback(self, capture: Capture, request_id: Any, label: Any) -> dict[str, Any]:
+        """Feedback for a request this replica did not answer by traffic split: checked against
+        the served classes and recorded next to the capture, where the reader joins it with the
+        request's captured rows by id (whichever replica answered it)."""
+        try:
+            if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > 256:
+                raise RequestError(f"request_id must be the answer's X-Request-ID (1-256 characters), "
+                                   f"got {request_id!r}")
+            labels = label if isinstance(label, list) else [label]
+            if not labels or any(isinstance(v, bool) or not isinstance(v, (str, int, float)) for v in labels):
+                raise RequestError(f"label must be a class (text or number), or a non-empty list of one "
+                                   f"per row; got {label!r}")
+            model = self.models.get(self.plan.default) if self.plan is not None else None
+            classes = list(model.schema.classes) if model is not None else []
+            texts = []
+            for value in labels:
+                index = label_index(value, classes) if classes else None
+                if classes and index is None:
+                    raise RequestError(f"label {value!r} is not a class of model '{self.model_name}' "
+                                       f"(classes: {classes})")
+                texts.append(str(classes[index]) if index is not None else str(value))
+            if not capture.record_feedback(request_id, texts):
+                raise OverloadError(f"model '{self.model_name}' has {len(capture.feedback)} feedback "
+                                    f"records waiting to be written; send it again shortly",
+                                    retry_after_s=capture.flush_s)
+        except MaasError as exc:
+            return dict(error_reply(exc))
+        return {"request_id": request_id, "version": None, "predicted": None, "correct": None,
+                "rows": len(texts), "labels": texts, "counted": False, "captured": True}
 
     # --- traffic split and rollout ---------------------------------------------------------
 
@@ -505,11 +587,12 @@ class ModelHost:
 
         Registry(self.registry_root).record_rollout_decision(self.model_name, identity, decision)
 
-    def _note_request(self) -> None:
+    def _note_request(self) -> float:
         now = time.monotonic()
         self._recent.append(now)
         while self._recent and self._recent[0] < now - 60:
             self._recent.popleft()
+        return now
 
     async def status(self, version: str | None = None, label: str | None = None) -> dict[str, Any]:
         """The chosen version's status plus what the model serves overall; errors as data."""
@@ -525,7 +608,8 @@ class ModelHost:
                 "label_map": plan.labels, "policy": self.settings.model_dump(mode="json"),
                 "load_error": self.load_error, "pending_requests": self.pending,
                 "requests_last_minute": sum(t > time.monotonic() - 60 for t in self._recent),
-                **self._batching_status(), **self._traffic_status(plan)}
+                **self._batching_status(), **self._traffic_status(plan),
+                **({"capture": self.capture.state()} if self.capture is not None else {})}
 
     def _traffic_status(self, plan: ServingPlan) -> dict[str, Any]:
         """The split of requests naming no version and the rollout's state, while configured."""

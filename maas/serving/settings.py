@@ -97,6 +97,27 @@ TrafficWeights = Annotated[
     BeforeValidator(_traffic_keys)]
 
 
+class CaptureSettings(StrictSchema):
+    """Sampled request/response capture for retraining (``maas.serving.capture``): a share of the
+    answered requests, with their inputs and outputs, written as Parquet files under the registry
+    (``<registry>/.maas/capture/model=<m>/version=<v>/hour=<YYYY-MM-DDTHH>/``), off the request
+    path; feedback labels go next to them (``_feedback/``), joined by request id when read."""
+
+    rate: float = Field(
+        ge=0, le=1,
+        description="Share of answered requests captured (0.1: one in ten, drawn at random); 0: off.")
+    flush_s: float = Field(5.0, ge=0.1, le=3600,
+                           description="Write what was captured every this many seconds.")
+    flush_rows: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="... or as soon as this many rows wait (one Parquet file per version and hour "
+                    "per write).")
+    max_buffered_rows: int = Field(
+        100_000, ge=1, le=100_000_000,
+        description="Most rows waiting to be written in one replica; past it a sampled request is "
+                    "dropped and counted (status and maas_capture_dropped_total), never waited for.")
+
+
 class ModelSettings(StrictSchema):
     """One model's settings: its deployment's ``user_config``, or its entry in the Ingress's for a
     model hosted there. Changes apply live through ``reconfigure``, on every replica, without a
@@ -154,6 +175,12 @@ class ModelSettings(StrictSchema):
         description="With traffic of two keys: judge the canary against the stable version on "
                     "live metrics each window, promote it through the steps while it holds, roll "
                     "it back to 0% at once when it breaches. Decisions are shared by every replica.")
+    capture: CaptureSettings | None = Field(
+        None,
+        description="Capture a sample of the answered requests (inputs, outputs, version, latency, "
+                    "request id) and the feedback labels sent for them, as Parquet under the "
+                    "registry, for retraining (data.source: capture). Written off the request "
+                    "path; a client sees nothing. Unset: off.")
     max_pending_requests: int = Field(
         1024, ge=1, le=1_000_000,
         description="Requests waiting for this model in one replica; past it a request gets 503 "

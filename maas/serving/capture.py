@@ -1,0 +1,246 @@
+"""Captured traffic in one replica: the sampled requests of one model and the feedback labels sent
+for them, held in a bounded buffer and written as Parquet files by a background task
+(``maas.capture`` has the layout). The request path only draws the sample and appends a tuple to
+a deque: no copy, no I/O, no lock. When the buffer is full, samples are dropped and counted
+(the model's status, ``maas_capture_dropped_total``); a request never waits for capture.
+
+One ``Capture`` per model per replica (``ModelHost.capture``), made and changed by the model's
+settings (``capture: {rate: 0.1}``) through ``reconfigure``; flushed every ``flush_s`` seconds or
+``flush_rows`` rows, when the settings turn it off, and when the replica shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from maas.capture import Sample, write_feedback, write_samples
+from maas.serving.settings import CaptureSettings
+
+logger = logging.getLogger("ray.serve")
+
+_METRICS: dict[str, Any] = {}
+
+
+def _metrics() -> dict[str, Any]:
+    """Counters in Ray's metrics (so Prometheus sees them), made once per process; none outside Ray."""
+    if not _METRICS:
+        try:
+            import ray
+
+            if not ray.is_initialized():
+                return {}
+            from ray.util import metrics
+
+            _METRICS["rows"] = metrics.Counter("maas_capture_rows_total", "Captured rows written",
+                                               tag_keys=("model", "version"))
+            _METRICS["dropped"] = metrics.Counter(
+                "maas_capture_dropped_total",
+                "Captured requests not written: buffer full, or a write that failed with no room to retry",
+                tag_keys=("model", "reason"))
+        except Exception:  # metrics are a nicety: capture goes on without them
+            return {}
+    return _METRICS
+
+
+class Capture:
+    """Sampling, the bounded buffer and the writer of one model in one replica. ``rng`` draws the
+    samples (tests: seeded); ``write_samples`` / ``write_feedback`` write (tests: in memory)."""
+
+    def __init__(self, model_name: str, registry_root: str, settings: CaptureSettings, replica: str,
+                 rng: Callable[[], float] = random.random,
+                 write_samples: Callable[..., list[tuple[str, int, int]]] = write_samples,
+                 write_feedback: Callable[..., list[str]] = write_feedback):
+        self.model_name, self.registry_root = model_name, registry_root
+        self.writer = f"{replica}-{uuid.uuid4().hex[:6]}"
+        self._rng, self._write_samples, self._write_feedback = rng, write_samples, write_feedback
+        self._seq = itertools.count(1)
+        self.buffer: deque[Sample] = deque()
+        self.feedback: deque[tuple[float, str, list[str]]] = deque()
+        self.buffered_rows = 0
+        self.rate, self.flush_s, self.flush_rows, self.max_rows = 0.0, 5.0, 10_000, 100_000
+        self.apply(settings)
+        self.sampled = self.dropped = self.dropped_rows = self.feedback_dropped = 0
+        self.written_rows = self.written_files = self.feedback_written = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
+        self.last_write: float | None = None
+        self._reported_dropped = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._lock: asyncio.Lock | None = None
+        self.closed = False
+
+    def apply(self, settings: CaptureSettings) -> None:
+        """New settings, live: the buffer and its counts stay."""
+        self.rate, self.flush_s = settings.rate, settings.flush_s
+        self.flush_rows, self.max_rows = settings.flush_rows, settings.max_buffered_rows
+
+    # --- the request path ------------------------------------------------------------------
+
+    def offer(self, request_id: str | None, model: Any, protocol: str, route: str, inputs: np.ndarray,
+              outputs: np.ndarray, latency_s: float) -> None:
+        """One answered request: sampled at ``rate``; appended unless the buffer is full."""
+        if self.rate < 1.0 and self._rng() >= self.rate:
+            return
+        rows = len(inputs)
+        if self.buffered_rows + rows > self.max_rows:
+            self.dropped += 1
+            self.dropped_rows += rows
+            return
+        self.sampled += 1
+        self.buffered_rows += rows
+        self.buffer.append(Sample(time.time() - latency_s, request_id, model, protocol, route, inputs,
+                                  outputs, latency_s))
+        if self.buffered_rows >= self.flush_rows and self._wake is not None:
+            self._wake.set()
+
+    def record_feedback(self, request_id: str, labels: list[str]) -> bool:
+        """A client's labels for an earlier answer (one per request row, as text); False when the
+        buffer is full (dropped and counted)."""
+        if len(self.feedback) >= self.max_rows:
+            self.feedback_dropped += 1
+            return False
+        self.feedback.append((time.time(), request_id, labels))
+        if len(self.feedback) >= self.flush_rows and self._wake is not None:
+            self._wake.set()
+        return True
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The background writer, on the running event loop."""
+        if self._task is None or self._task.done():
+            self._wake, self._lock = asyncio.Event(), asyncio.Lock()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self.closed:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # never let the writer die; what went wrong is in the status
+                logger.exception("%s: capture flush failed", self.model_name)
+
+    def _take(self) -> tuple[list[Sample], list[tuple[float, str, list[str]]]]:
+        samples, self.buffer, self.buffered_rows = list(self.buffer), deque(), 0
+        feedback, self.feedback = list(self.feedback), deque()
+        return samples, feedback
+
+    async def flush(self) -> None:
+        """Write what waits, in a thread (off the event loop); one write at a time."""
+        lock = self._lock or asyncio.Lock()
+        async with lock:
+            samples, feedback = self._take()
+            if samples or feedback:
+                outcome = await asyncio.to_thread(self._write, samples, feedback)
+                self._settle(samples, feedback, *outcome)
+            self._report_dropped()
+
+    def flush_now(self) -> None:
+        """Write what waits in this thread (a replica shutting down: no event loop to wait on)."""
+        samples, feedback = self._take()
+        if samples or feedback:
+            self._settle(samples, feedback, *self._write(samples, feedback))
+
+    async def close(self) -> None:
+        """Stop the writer and write what is left (settings turned capture off)."""
+        self.closed = True
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.flush()
+
+    def _write(self, samples: list[Sample], feedback: list[tuple[float, str, list[str]]]) -> tuple[Any, ...]:
+        """(files written, feedback files written, the samples' error, the feedback's error)."""
+        files = feedback_files = None
+        samples_error = feedback_error = None
+        if samples:
+            try:
+                files = self._write_samples(self.registry_root, self.model_name, samples, self.writer,
+                                            self._next_seq)
+            except Exception as exc:  # noqa: BLE001 - kept for a retry, reported in the status
+                samples_error = exc
+        if feedback:
+            try:
+                feedback_files = self._write_feedback(self.registry_root, self.model_name, feedback,
+                                                      self.writer, self._next_seq)
+            except Exception as exc:  # noqa: BLE001
+                feedback_error = exc
+        return files, feedback_files, samples_error, feedback_error
+
+    def _next_seq(self) -> int:
+        return next(self._seq)
+
+    def _settle(self, samples: list[Sample], feedback: list[tuple[float, str, list[str]]], files: Any,
+                feedback_files: Any, samples_error: Exception | None,
+                feedback_error: Exception | None) -> None:
+        """Count what was written; put back what failed when there is room (the next flush
+        retries it), else drop and count it."""
+        if files:
+            metrics = _metrics()
+            for _, version, rows in files:
+                self.written_rows += rows
+                if metrics:
+                    metrics["rows"].inc(rows, tags={"model": self.model_name, "version": str(version)})
+            self.written_files += len(files)
+        if feedback_files:
+            self.written_files += len(feedback_files)
+            self.feedback_written += len(feedback)
+        if files is not None or feedback_files is not None:
+            self.last_write = time.time()
+        for error in (samples_error, feedback_error):
+            if error is not None:
+                self.write_errors += 1
+                self.last_error = f"{type(error).__name__}: {error}"[:500]
+                logger.warning("%s: captured traffic not written (kept for the next write if there "
+                               "is room): %s", self.model_name, self.last_error)
+        if samples_error is not None:
+            rows = sum(len(s.inputs) for s in samples)
+            if self.buffered_rows + rows <= self.max_rows:
+                self.buffer.extendleft(reversed(samples))
+                self.buffered_rows += rows
+            else:
+                self.dropped += len(samples)
+                self.dropped_rows += rows
+        if feedback_error is not None:
+            room = max(0, self.max_rows - len(self.feedback))
+            self.feedback.extendleft(reversed(feedback[-room:] if room else []))
+            self.feedback_dropped += len(feedback) - min(room, len(feedback))
+
+    def _report_dropped(self) -> None:
+        metrics = _metrics()
+        if metrics and self.dropped > self._reported_dropped:
+            metrics["dropped"].inc(self.dropped - self._reported_dropped,
+                                   tags={"model": self.model_name, "reason": "buffer_full"})
+        self._reported_dropped = self.dropped
+
+    def state(self) -> dict[str, Any]:
+        """For the model's status."""
+        from maas.capture import model_dir
+
+        return {"rate": self.rate, "path": model_dir(self.registry_root, self.model_name),
+                "writer": self.writer, "sampled_requests": self.sampled,
+                "buffered_requests": len(self.buffer), "buffered_rows": self.buffered_rows,
+                "max_buffered_rows": self.max_rows, "dropped_requests": self.dropped,
+                "dropped_rows": self.dropped_rows, "written_rows": self.written_rows,
+                "written_files": self.written_files, "feedback_buffered": len(self.feedback),
+                "feedback_written": self.feedback_written, "feedback_dropped": self.feedback_dropped,
+                "write_errors": self.write_errors, "last_error": self.last_error,
+                "last_write": self.last_write}
