@@ -16,11 +16,13 @@ own output (tf_keras, called here) before it is timed.
 
     .venv/bin/python bench/serve_load.py [--seconds 15] [--rounds 2] [--python-proxy]
                                          [--no-kserve] [--no-tuned] [--no-baseline]
-                                         [--deployment-hosting] [--audit]
+                                         [--deployment-hosting] [--audit] [--capture]
 
 `--python-proxy` starts Ray without the HAProxy variables: Serve's Python proxy (`--haproxy`, the
 default now, is accepted and changes nothing). `--audit` adds the same app writing every prediction
 to the audit trail (audit_sample_rate: 1.0; the shipped default samples 1%): the audit trail's cost.
+`--capture` adds the same app capturing every request for retraining (the model's settings
+`capture: {rate: 1.0}`; the shipped config captures none): captured traffic's cost (goal <= 5%).
 `--deployment-hosting` adds the same config with the model in a deployment of its own (hosting:
 deployment, one more Serve hop). The ceiling (the same stacks answering without a model) is
 bench/serve_ceiling.py.
@@ -210,6 +212,14 @@ def as_deployment_hosting(config: dict[str, Any]) -> dict[str, Any]:
 
 def audit_everything(config: dict[str, Any]) -> dict[str, Any]:
     config["applications"][0]["args"]["audit_sample_rate"] = 1.0
+    return config
+
+
+def capture_everything(config: dict[str, Any]) -> dict[str, Any]:
+    """Every request of every ingress-hosted model captured (Parquet under the registry)."""
+    ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
+    for settings in ingress["user_config"]["models"].values():
+        settings["capture"] = {"rate": 1.0}
     return config
 
 
@@ -463,6 +473,8 @@ def main() -> None:
                         help="also measure the model in a deployment of its own (hosting: deployment)")
     parser.add_argument("--audit", action="store_true",
                         help="also measure the app writing every prediction to the audit trail")
+    parser.add_argument("--capture", action="store_true",
+                        help="also measure the app capturing every request for retraining (rate 1.0)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -498,6 +510,9 @@ def main() -> None:
         if args.audit:
             starters["ours_audit_all"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
                                                               edit=audit_everything)
+        if args.capture:
+            starters["ours_capture_all"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
+                                                                edit=capture_everything)
         check = answers_match(expected, bodies)
         results = run_rounds(starters, {name: check for name in starters}, bodies, args.seconds,
                              args.rounds, work)
@@ -509,6 +524,11 @@ def main() -> None:
         audited = results["ours_audit_all"]
         print(f"audit at 100%: {audited['one']['rps'] / ours['one']['rps']:.3f}x single-row req/s, "
               f"{audited['many']['rps'] / ours['many']['rps']:.3f}x 64-row req/s of the shipped 1% sampling")
+    if args.capture:
+        captured = results["ours_capture_all"]
+        print(f"capture at 100%: {captured['one']['rps'] / ours['one']['rps']:.3f}x single-row req/s, "
+              f"{captured['many']['rps'] / ours['many']['rps']:.3f}x 64-row req/s of no capture "
+              f"(goal >= 0.95)")
     peers = {name: r for name, r in results.items() if name in ("baseline", "tuned_fastapi", "kserve")}
     line = (f"RESULT rps={ours['one']['rps']:.0f} rows_per_s={ours['many']['rps'] * 64:.0f} "
             f"p99_ms={ours['one']['p99']:.1f}")
@@ -528,6 +548,10 @@ def main() -> None:
     if args.audit:
         line += (f" audit_rps_ratio={results['ours_audit_all']['one']['rps'] / ours['one']['rps']:.3f}"
                  f" audit_rows_ratio={results['ours_audit_all']['many']['rps'] / ours['many']['rps']:.3f}")
+    if args.capture:
+        captured = results["ours_capture_all"]
+        line += (f" capture_rps_ratio={captured['one']['rps'] / ours['one']['rps']:.3f}"
+                 f" capture_rows_ratio={captured['many']['rps'] / ours['many']['rps']:.3f}")
     print(line)
 
 

@@ -305,6 +305,8 @@ class Captured:
     request_ids: list[str | None]
     files: int
     feedback_records: int
+    outputs: np.ndarray | list[Any] | None = None  # the probabilities answered, [n, classes]
+    protocols: list[str] | None = None
 
 
 def read_captured(registry_root: str, model: str, since: datetime, until: datetime,
@@ -344,7 +346,8 @@ def read_captured(registry_root: str, model: str, since: datetime, until: dateti
     return Captured(_inputs(table["input"]), labels,
                     table["predicted"].to_numpy(zero_copy_only=False).astype(np.int64),
                     table["version"].to_numpy(zero_copy_only=False),
-                    table["time"].to_numpy(zero_copy_only=False), request_ids, len(files), records)
+                    table["time"].to_numpy(zero_copy_only=False), request_ids, len(files), records,
+                    _inputs(table["output"]), table["protocol"].to_pylist())
 
 
 def _inputs(column: Any) -> np.ndarray | list[Any]:
