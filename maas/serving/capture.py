@@ -157,13 +157,15 @@ class Capture:
             self._settle(samples, feedback, *self._write(samples, feedback))
 
     async def close(self) -> None:
-        """Stop the writer and write what is left (settings turned capture off)."""
+        """Stop the writer once its current write is done, and write what is left (settings
+        turned capture off)."""
         self.closed = True
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            self._wake.set()  # it writes what waits, sees closed, and ends
             try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
+                await task
+            except Exception:  # noqa: BLE001 - the final flush below still runs
                 pass
         await self.flush()
 

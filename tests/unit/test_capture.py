@@ -413,3 +413,14 @@ def test_file_names_sort_by_write_time() -> None:
     early = file_name(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), "host-1-abc", 7)
     late = file_name(datetime(2026, 1, 2, 3, 4, 6, tzinfo=timezone.utc), "host-0-abc", 1)
     assert early < late and early.endswith("-host-1-abc-000007.parquet")
+
+
+def test_maas_status_shows_what_capture_wrote_held_and_dropped() -> None:
+    from maas.status import _model_row
+
+    capture = Capture(MODEL, "/r", CaptureSettings(rate=0.5, max_buffered_rows=1), "r").state()
+    capture.update(written_rows=120, dropped_requests=3, last_error="OSError: read-only")
+    row = _model_row("app", MODEL, "HEALTHY", 1, {"version": 1, "requests_last_minute": 60,
+                                                  "capture": capture})
+    assert row["capture"] == ("0.5 of requests: 120 rows written, 0 buffered, 3 requests dropped, "
+                              "last error: OSError: read-only")
