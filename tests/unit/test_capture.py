@@ -424,3 +424,38 @@ def test_maas_status_shows_what_capture_wrote_held_and_dropped() -> None:
                                                   "capture": capture})
     assert row["capture"] == ("0.5 of requests: 120 rows written, 0 buffered, 3 requests dropped, "
                               "last error: OSError: read-only")
+
+
+def test_text_and_table_captures_load_as_training_rows(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    text = DataSchema(input_shape=(), classes=["negative", "positive"], dtype="string")
+    table = DataSchema(input_shape=(2,), classes=[0, 1], dtype="table", feature_names=["age", "city"],
+                       preprocessing={"missing": "refuse", "categorical": {"city": ["x", "y"]},
+                                      "numeric_columns": ["age"], "encoding": "embedding",
+                                      "embedding_dim": 4})
+    _publish(root, text, "reviews")
+    _publish(root, table, "customers")
+    when = datetime.now(timezone.utc).timestamp() - 3600
+    rng = np.random.default_rng(0)
+    for name, schema in (("reviews", text), ("customers", table)):
+        model = LoadedModel(name, 1, schema, None, {})
+        cells = [[repr(float(rng.integers(18, 90))), "xy"[i % 2]] for i in range(60)]
+        inputs = (np.array([f"review {i}" for i in range(60)]) if name == "reviews" else
+                  np.array(cells, dtype=object))
+        samples = [Sample(when + i, f"{name}-{i}", model, "v2", "default", inputs[i:i + 1],
+                          np.array([[0.4, 0.6]], np.float32), 0.0) for i in range(60)]
+        write_samples(str(root), name, samples, "w", Seq())
+        write_feedback(str(root), name, [(when + 100, f"{name}-{i}", [str(schema.classes[i % 2])])
+                                         for i in range(60)], "w", Seq())
+    reviews = load_dataset(TrainJobConfig.model_validate({"data": {"source": "capture", "capture": {
+        "model": "reviews", "since": "1d"}}, "registry": {"root": str(root)}}).data)
+    assert reviews.schema.is_text and reviews.x_train.dtype == object
+    assert sorted(np.concatenate([reviews.x_train, reviews.x_val, reviews.x_test]).tolist()) == sorted(
+        f"review {i}" for i in range(60))
+    customers = load_dataset(TrainJobConfig.model_validate({"data": {"source": "capture", "capture": {
+        "model": "customers", "since": "1d"}}, "registry": {"root": str(root)}}).data)
+    assert customers.schema.is_table and customers.x_train.shape[1:] == (2,)
+    assert customers.schema.preprocessing["categorical"] == {"city": ["x", "y"]}  # refitted on the rows
+    assert customers.schema.preprocessing["encoding"] == "embedding"  # the captured model's
+    rows = np.concatenate([customers.x_train, customers.y_train[:, None].astype(object)], axis=1)
+    assert all(row[1] == "xy"[int(row[2])] for row in rows)  # each row kept its own label
