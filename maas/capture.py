@@ -311,6 +311,7 @@ class Captured:
     feedback_records: int
     outputs: np.ndarray | list[Any] | None = None  # the probabilities answered, [n, classes]
     protocols: list[str] | None = None
+    mismatched: int = 0  # requests whose feedback gave another number of labels than rows
 
 
 def read_captured(registry_root: str, model: str, since: datetime, until: datetime,
@@ -343,15 +344,18 @@ def read_captured(registry_root: str, model: str, since: datetime, until: dateti
     feedback, records = _feedback_labels(registry_root, model, since, as_of)
     request_ids = table["request_id"].to_pylist()
     rows, counts = table["row"].to_pylist(), table["rows"].to_pylist()
-    labels = []
+    labels, mismatched = [], set()
     for request_id, row, count in zip(request_ids, rows, counts, strict=True):
         given = feedback.get(request_id) if request_id is not None else None
-        labels.append(given[row] if given is not None and len(given) == count else None)
+        if given is not None and len(given) != count:
+            mismatched.add(request_id)
+            given = None
+        labels.append(given[row] if given is not None else None)
     return Captured(_inputs(table["input"]), labels,
                     table["predicted"].to_numpy(zero_copy_only=False).astype(np.int64),
                     table["version"].to_numpy(zero_copy_only=False),
                     table["time"].to_numpy(zero_copy_only=False), request_ids, len(files), records,
-                    _inputs(table["output"]), table["protocol"].to_pylist())
+                    _inputs(table["output"]), table["protocol"].to_pylist(), len(mismatched))
 
 
 def _inputs(column: Any) -> np.ndarray | list[Any]:
@@ -435,6 +439,9 @@ def load_captured(cfg: Any) -> Any:
     classes = list(served.classes)
     total = len(captured.inputs)
     labelled = np.array([label is not None for label in captured.labels])
+    if captured.mismatched:
+        print(f"[data] capture: {captured.mismatched} requests had feedback with another number of "
+              f"labels than the request had rows (one label per row is needed); not joined", flush=True)
     if source.require_label:
         keep = np.flatnonzero(labelled)
         print(f"[data] capture: {total} rows of {where}, {len(keep)} with a feedback label; "

@@ -380,7 +380,8 @@ class ModelHost:
     async def feedback(self, request_id: str, label: Any) -> dict[str, Any]:
         """Score a client's true label against what this replica answered to ``request_id``
         (one label, or a list of one per row); errors as data. Counted for the rollout's accuracy
-        rule when the answer came from the canary or the stable version."""
+        rule when the answer came from the canary or the stable version. With capture on, also
+        recorded for the capture (``_captured_feedback``), for any request id."""
         capture = self.capture
         try:
             found = self.answers.take(request_id) if isinstance(request_id, str) else None

@@ -221,12 +221,15 @@ def test_feedback_is_recorded_for_any_request_and_joined_by_request_id(tmp_path:
         bad = await host.feedback("one", "zebra")
         assert bad["status"] == 400 and "'zebra' is not a class" in bad["error"]
         assert (await host.feedback("", "a"))["status"] == 400
+        await host.infer([[3.0, 3.0], [4.0, 4.0]], caller=Caller(request_id="three"))
+        assert (await host.feedback("three", "a"))["captured"]  # one label for two rows: not joined
         await host.capture.flush()
         captured = read_captured(str(tmp_path), MODEL, datetime.now(timezone.utc) - timedelta(hours=1),
                                  datetime.now(timezone.utc) + timedelta(minutes=1))
         assert sorted(zip(captured.request_ids, captured.labels, strict=True), key=str) == sorted(
-            [("one", "a"), ("two", "b"), ("two", "a"), ("none", None)], key=str)
-        assert captured.feedback_records == 3
+            [("one", "a"), ("two", "b"), ("two", "a"), ("none", None), ("three", None), ("three", None)],
+            key=str)
+        assert captured.feedback_records == 4 and captured.mismatched == 1
         feedback_files = list_files(str(tmp_path), MODEL, feedback=True)
         assert len(feedback_files) == 1 and "/_feedback/hour=" in feedback_files[0].path
 
