@@ -130,13 +130,14 @@ def test_a_flush_writes_parquet_partitioned_with_inputs_and_outputs_intact(tmp_p
         await host.capture.flush()
         status = (await host.status())["capture"]
         assert status["written_rows"] == sum(len(r) for r in sent.values()) and status["buffered_rows"] == 0
-        assert status["written_files"] == 2  # one per version (and hour)
+        assert status["written_files"] in (2, 3, 4)  # one per version and hour
 
         table = _read_dataset(tmp_path).sort_by([("request_id", "ascending"), ("row", "ascending")])
         rows = table.to_pylist()
         assert len(rows) == sum(len(r) for r in sent.values())
-        hour = hour_of(datetime.now(timezone.utc).timestamp())
-        assert {r["hour"] for r in rows} == {hour}
+        now = datetime.now(timezone.utc).timestamp()
+        hours = {hour_of(now - 60), hour_of(now)}  # the requests were answered within the minute
+        assert {r["hour"] for r in rows} <= hours
         for request_id, inputs in sent.items():
             mine = [r for r in rows if r["request_id"] == request_id]
             assert [r["row"] for r in mine] == list(range(len(inputs)))
@@ -154,7 +155,8 @@ def test_a_flush_writes_parquet_partitioned_with_inputs_and_outputs_intact(tmp_p
         assert by_id["v1-0"]["latency_ms"] >= 0 and by_id["v1-0"]["time"].tzinfo is not None
         paths = [Path(f.path) for f in list_files(str(tmp_path), MODEL)]
         assert {p.parent.parent.name for p in paths} == {"version=1", "version=2"}
-        assert all(p.parent.name == f"hour={hour}" and p.parents[2].name == f"model={MODEL}" for p in paths)
+        assert all(p.parent.name[len("hour="):] in hours and p.parents[2].name == f"model={MODEL}"
+                   for p in paths)
         assert not any(p.name.startswith(".") for p in tmp_path.rglob("*.parquet"))  # no leftovers
 
         # off: what is left is written first, and the plain path comes back
