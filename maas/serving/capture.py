@@ -74,7 +74,8 @@ class Capture:
         self.write_errors = 0
         self.last_error: str | None = None
         self.last_write: float | None = None
-        self._reported_dropped = 0
+        self.dropped_unwritten = 0  # of ``dropped``: a failed write with no room left to keep it
+        self._reported = (0, 0)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
@@ -221,6 +222,7 @@ class Capture:
             else:
                 self.dropped += len(samples)
                 self.dropped_rows += rows
+                self.dropped_unwritten += len(samples)
         if feedback_error is not None:
             room = max(0, self.max_rows - len(self.feedback))
             self.feedback.extendleft(reversed(feedback[-room:] if room else []))
@@ -228,10 +230,13 @@ class Capture:
 
     def _report_dropped(self) -> None:
         metrics = _metrics()
-        if metrics and self.dropped > self._reported_dropped:
-            metrics["dropped"].inc(self.dropped - self._reported_dropped,
-                                   tags={"model": self.model_name, "reason": "buffer_full"})
-        self._reported_dropped = self.dropped
+        full, unwritten = self.dropped - self.dropped_unwritten, self.dropped_unwritten
+        if metrics:
+            for reason, now, before in (("buffer_full", full, self._reported[0]),
+                                        ("write_failed", unwritten, self._reported[1])):
+                if now > before:
+                    metrics["dropped"].inc(now - before, tags={"model": self.model_name, "reason": reason})
+        self._reported = (full, unwritten)
 
     def state(self) -> dict[str, Any]:
         """For the model's status."""
