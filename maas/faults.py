@@ -46,13 +46,14 @@ def publish_untrained_digits(root: str, name: str = "digits_mlp") -> str:
 
 
 def shipped_config(registry_root: str, port: int,
-                   edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """configs/serve/digits.yaml as shipped, on ``port`` and ``registry_root``; one proxy, on the
-    head (every node on one machine cannot bind the same port, and on a real cluster the load
-    balancer in front plays this part)."""
+                   edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   path: Path = SHIPPED_CONFIG) -> dict[str, Any]:
+    """A config file as shipped (configs/serve/digits.yaml unless ``path``), on ``port`` and
+    ``registry_root``; one proxy, on the head (every node on one machine cannot bind the same
+    port, and on a real cluster the load balancer in front plays this part)."""
     import yaml
 
-    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config = yaml.safe_load(Path(path).read_text())
     config["proxy_location"] = "HeadOnly"
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["registry_root"] = registry_root
@@ -85,18 +86,18 @@ class DeployedApp:
         found = (app.get("deployments") or {}).get(INGRESS, {}).get("replicas") or []
         return [r for r in found if state is None or r.get("state") == state]
 
-    def wait_replicas(self, count: int, timeout: float = 120,
-                      alive_pids: bool = True) -> float:
-        """Seconds until ``count`` Ingress replicas are RUNNING (and, with ``alive_pids``, every
-        one of them a live process: the controller reports a killed replica RUNNING until its
-        health check fails)."""
+    def wait_replicas(self, count: int, timeout: float = 120, gone: frozenset[str] = frozenset()) -> float:
+        """Seconds until ``count`` Ingress replicas are RUNNING, each a live process and none of
+        them one in ``gone`` (the replicas a fault killed: the controller reports a killed replica
+        RUNNING until its health check fails)."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             try:
-                running = self.replicas()
+                running = [r for r in self.replicas()
+                           if r["replica_id"] not in gone and _alive(r.get("pid"))]
             except Exception:  # noqa: BLE001 - the dashboard can be briefly unreachable mid-fault
                 running = []
-            if len(running) >= count and (not alive_pids or all(_alive(r.get("pid")) for r in running)):
+            if len(running) >= count:
                 return time.monotonic() - started
             time.sleep(0.25)
         raise TimeoutError(f"{count} running Ingress replicas not back within {timeout:.0f} s")
@@ -114,15 +115,15 @@ def _alive(pid: int | None) -> bool:
 
 
 def deploy_shipped_app(cluster: LocalCluster, edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                       timeout: float = 240) -> DeployedApp:
-    """Publish a model, ``serve deploy`` the shipped config onto the cluster, wait for every
-    replica; the way an operator deploys it."""
+                       timeout: float = 240, path: Path = SHIPPED_CONFIG) -> DeployedApp:
+    """Publish a model, ``serve deploy`` a shipped config (digits.yaml unless ``path``) onto the
+    cluster, wait for every replica; the way an operator deploys it."""
     import yaml
 
     registry = cluster.env["MAAS_REGISTRY"]
     publish_untrained_digits(registry)
     port = free_port()
-    config = shipped_config(registry, port, edit)
+    config = shipped_config(registry, port, edit, path)
     path = cluster.work / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     deployed = subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", cluster.dashboard],
@@ -164,6 +165,12 @@ def kill_controller(cluster: LocalCluster) -> int:
     return pid
 
 
+def replicas_on(app: DeployedApp, node: str) -> frozenset[str]:
+    """The ids of the running Ingress replicas on node ``node`` (our name for it)."""
+    names = app.cluster.node_names()
+    return frozenset(r["replica_id"] for r in app.replicas() if names.get(r.get("node_id", "")) == node)
+
+
 def node_hosting_a_replica(app: DeployedApp) -> str:
     """The name of a worker node that runs an Ingress replica."""
     names = app.cluster.node_names()
@@ -179,24 +186,24 @@ def node_hosting_a_replica(app: DeployedApp) -> str:
 def run_fault(probe: Any, case: str, inject: Callable[[], Any], recover: Callable[[], float],
               after_s: float = 20.0) -> dict[str, Any]:
     """Inject a fault while ``probe`` (a running ``maas.loadprobe.LoadProbe``) sends traffic,
-    time the recovery with ``recover()`` (seconds it waited), then let traffic run until
-    ``after_s`` past the fault; the figures cover the requests that ended in that window."""
+    ``recover()`` waits for what should come back and returns how long that took (the
+    "back" figure: for a replica, from the fault until the config's replica count runs again),
+    then traffic runs on until ``after_s`` past the fault; the figures cover the requests that
+    ended in that window."""
     from maas.loadprobe import summary
 
     start = time.monotonic()
     detail = inject()
     recovery_s = recover()
-    back = time.monotonic() - start
     time.sleep(max(0.0, start + after_s - time.monotonic()))
     figures = summary(probe.answers, start, time.monotonic())
-    return {"case": case, "detail": detail, "recovery_s": round(back, 2),
-            "waited_s": round(recovery_s, 2), **figures}
+    return {"case": case, "detail": detail, "recovery_s": round(recovery_s, 2), **figures}
 
 
 def fault_line(result: dict[str, Any]) -> str:
     return (f"{result['case']:<20} requests={result['requests']:<6} failed={result['failed']:<4} "
             f"({result['failed_pct']:.2f}%) longest_gap_s={result['longest_gap_s']:.2f} "
-            f"replicas_back_s={result['recovery_s']:.1f} p99_ms={result['p99_ms']:.1f} "
+            f"back_s={result['recovery_s']:.1f} p99_ms={result['p99_ms']:.1f} "
             f"failures={result['failures_by_status']}")
 
 

@@ -34,6 +34,7 @@ class Answer:
     ended: float
     status: int | str  # HTTP status, or the exception's name (reset, refused, timeout)
     expect: int
+    detail: str = ""   # the start of an unexpected answer's body, or the exception's message
 
     @property
     def ok(self) -> bool:
@@ -91,12 +92,13 @@ class LoadProbe:
             try:
                 async with session.request(shot.method, self.base_url + shot.path, data=shot.body,
                                            headers={"Content-Type": "application/json"}) as reply:
-                    await reply.read()
+                    body = await reply.read()
                     status: int | str = reply.status
+                    detail = "" if status == shot.expect else body[:200].decode(errors="replace")
             except Exception as exc:  # noqa: BLE001 - every failure is a data point
-                status = type(exc).__name__
+                status, detail = type(exc).__name__, str(exc)[:200]
                 await asyncio.sleep(0.01)  # a refused connection must not spin the loop
-            self.answers.append(Answer(shot.kind, started, time.monotonic(), status, shot.expect))
+            self.answers.append(Answer(shot.kind, started, time.monotonic(), status, shot.expect, detail))
 
     def wait_answered(self, count: int, timeout: float = 120) -> None:
         """Until ``count`` correct answers came back (the server is up and warm)."""
@@ -129,9 +131,11 @@ def summary(answers: Sequence[Answer], start: float, end: float) -> dict[str, fl
     window = [a for a in answers if start <= a.ended <= end]
     failed = [a for a in window if not a.ok]
     kinds: dict[str, int] = {}
+    examples: dict[str, str] = {}
     for answer in failed:
         key = str(answer.status)
         kinds[key] = kinds.get(key, 0) + 1
+        examples.setdefault(key, answer.detail)
     latencies = [a.latency_ms for a in window if a.ok]
     return {
         "requests": len(window),
@@ -140,6 +144,7 @@ def summary(answers: Sequence[Answer], start: float, end: float) -> dict[str, fl
         "errors_5xx": sum(1 for a in failed if isinstance(a.status, int) and a.status >= 500),
         "connection_errors": sum(1 for a in failed if isinstance(a.status, str)),
         "failures_by_status": kinds,
+        "failure_examples": examples,
         "longest_gap_s": longest_gap(answers, start, end),
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),

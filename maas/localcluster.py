@@ -147,15 +147,23 @@ class LocalCluster:
         """Start a worker node (custom resource ``name`` = 1, so work can be pinned to it)."""
         if name in self.nodes and self.nodes[name].alive:
             raise ClusterError(f"node {name!r} is already running")
-        before = self._live_nodes()
+        # A node killed a moment ago still counts as alive until the head's health checks give
+        # up on it (seconds): the new node is the one carrying ``name`` under a new node id.
+        before = self._ids_named(name)
         resources = {name: 1.0}
         command = [
             str(BIN / "ray"), "start", "--block", f"--address={self.address}",
             f"--num-cpus={num_cpus}", *self._node_ports(), "--resources", json.dumps(resources),
         ]
         node = self._launch(name, command, num_cpus, resources)
-        self._wait_for(lambda: self._live_nodes() > before, timeout, f"node {name!r} did not join")
+        self._wait_for(lambda: self._ids_named(name) - before, timeout, f"node {name!r} did not join")
         return node
+
+    def _ids_named(self, name: str) -> set[str]:
+        try:
+            return {node_id for node_id, named in self.node_names().items() if named == name}
+        except ClusterError:  # the dashboard is briefly unreachable
+            return set()
 
     def kill(self, name: str) -> int:
         """SIGKILL every process of node ``name`` (its raylet, workers, agents): a machine that

@@ -1,8 +1,8 @@
 """Serving under real faults (issue 15, items 1, 4 and 9), on a real three-node cluster on this
 machine (maas.localcluster: a head running Serve's controller and HAProxy, two 1-CPU worker
-nodes, token auth, one registry directory for all), with the shipped config
-(configs/serve/digits.yaml: two Ingress replicas, HAProxy ingress) under steady traffic from 24
-concurrent keep-alive clients:
+nodes, token auth, one registry directory for all), with the shipped high-availability config
+(configs/serve/ha.yaml: configs/serve/digits.yaml with its two Ingress replicas kept on different
+nodes, HAProxy ingress) under steady traffic from 24 concurrent keep-alive clients:
 
   * one Ingress replica's process SIGKILLed;
   * the Serve controller SIGKILLed;
@@ -31,6 +31,7 @@ from maas.faults import (
     kill_controller,
     kill_replica,
     node_hosting_a_replica,
+    replicas_on,
     rss_mib,
     run_fault,
     serving_processes,
@@ -38,6 +39,7 @@ from maas.faults import (
 )
 from maas.loadprobe import LoadProbe
 from maas.localcluster import LocalCluster, local_cluster
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.chaos
 
@@ -63,7 +65,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def app(cluster: LocalCluster) -> DeployedApp:
-    deployed = deploy_shipped_app(cluster)
+    deployed = deploy_shipped_app(cluster, path=REPO / "configs/serve/ha.yaml")
     assert deployed.min_replicas == 2
     return deployed
 
@@ -85,8 +87,10 @@ def test_the_cluster_has_three_nodes_and_replicas_on_the_workers(cluster: LocalC
 
 
 def test_a_killed_replica_costs_almost_no_request(app: DeployedApp, load: LoadProbe) -> None:
-    result = run_fault(load, "replica_killed", lambda: kill_replica(app)["pid"],
-                       lambda: app.wait_replicas(app.min_replicas), AFTER_S)
+    victim: dict = {}
+    result = run_fault(load, "replica_killed", lambda: victim.update(kill_replica(app)),
+                       lambda: app.wait_replicas(app.min_replicas, gone=frozenset([victim["replica_id"]])),
+                       AFTER_S)
     print(fault_line(result))
     assert result["requests"] > 500
     assert result["failed_pct"] < 0.5, result
@@ -119,14 +123,16 @@ def test_a_killed_controller_costs_no_request(cluster: LocalCluster, app: Deploy
 def test_a_killed_worker_node_costs_almost_no_request(cluster: LocalCluster, app: DeployedApp,
                                                       load: LoadProbe) -> None:
     victim = node_hosting_a_replica(app)
+    lost = replicas_on(app, victim)
+    assert len(lost) == 1  # ha.yaml: one replica per node
     joined: dict[str, float] = {}
 
     def back() -> float:
-        waited = app.wait_replicas(app.min_replicas, timeout=120)
         started = time.monotonic()
-        cluster.add_worker(victim, num_cpus=1)  # the replacement machine
+        cluster.add_worker(victim, num_cpus=1)  # the replacement machine (one replica per node)
         joined["s"] = time.monotonic() - started
-        return waited
+        app.wait_replicas(app.min_replicas, timeout=120, gone=lost)
+        return time.monotonic() - started
 
     result = run_fault(load, "node_killed", lambda: cluster.kill(victim), back, AFTER_S + 10)
     print(fault_line(result), f"replacement joined in {joined['s']:.1f} s")
