@@ -126,9 +126,14 @@ def test_a_killed_job_driver_fails_the_job_and_resume_continues(cluster: LocalCl
         return re.search(r"'(raysubmit_\w+)'", done.stdout).group(1)
 
     def status(job: str) -> str:
+        """FAILED, SUCCEEDED, RUNNING, ... as `ray job status` reports it."""
         done = subprocess.run([str(BIN / "ray"), "job", "status", job], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=60)
-        return done.stdout + done.stderr
+        said = (done.stdout + done.stderr).lower()
+        for state in ("failed", "succeeded", "stopped"):
+            if f"job '{job.lower()}' {state}" in said:
+                return state.upper()
+        return said[-300:]
 
     first = submit()
     deadline = time.time() + 300
@@ -138,19 +143,20 @@ def test_a_killed_job_driver_fails_the_job_and_resume_continues(cluster: LocalCl
     driver = _driver_pid(cluster, "driver-loss")
     os.kill(driver, signal.SIGKILL)
     deadline = time.time() + 120
-    while time.time() < deadline and "FAILED" not in status(first):
+    while time.time() < deadline and status(first) != "FAILED":
         time.sleep(1)
-    assert "FAILED" in status(first), status(first)
+    assert status(first) == "FAILED", status(first)
     registry = Registry(cluster.env["MAAS_REGISTRY"])
     assert registry.versions("digits_driver_loss") == [], "a killed run registered a model"
     killed_pids = {line["pid"] for line in progress(cluster, "driver-loss", 0)}
 
     second = submit("--resume")
     deadline = time.time() + 600
-    while time.time() < deadline and "SUCCEEDED" not in (state := status(second)):
-        assert "FAILED" not in state, state
+    while time.time() < deadline and (state := status(second)) != "SUCCEEDED":
+        assert state != "FAILED", subprocess.run([str(BIN / "ray"), "job", "logs", second], cwd=REPO,
+                                                 env=env, capture_output=True, text=True).stdout[-3000:]
         time.sleep(2)
-    assert "SUCCEEDED" in status(second)
+    assert status(second) == "SUCCEEDED"
     version = registry.get("digits_driver_loss")
     assert history(version) == list(range(1, EPOCHS + 1))
     resumed = [line["epoch"] for line in progress(cluster, "driver-loss", 0)
