@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from maas.storage import filesystem_for, is_uri
 
 AUDIT_DIR = ".maas/audit"
@@ -41,7 +43,35 @@ def audit_root(registry_root: str) -> str:
 
 
 def _canonical(entry: dict[str, Any]) -> str:
+    """The text an entry's hash covers: ``json.dumps`` with sorted keys and no spaces. For the
+    flat entries serving writes by the thousand, orjson gives the very same bytes ten times
+    faster (checked by ``_orjson_safe``; the tests compare both on every kind of value)."""
+    if _orjson_safe(entry):
+        return orjson.dumps(entry, option=orjson.OPT_SORT_KEYS).decode()
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _orjson_safe(entry: dict[str, Any]) -> bool:
+    """Whether orjson writes ``entry`` byte for byte as ``json.dumps`` does: printable ASCII
+    strings (json escapes anything else as \\uXXXX, orjson writes UTF-8), floats written without
+    an exponent by both (repr's fixed-point range), 64-bit ints, None and booleans; anything else
+    (nested values, NaN, numpy scalars) goes the json way."""
+    for key, value in entry.items():
+        if type(key) is not str or not (key.isascii() and key.isprintable()):
+            return False
+        kind = type(value)
+        if kind is str:
+            if not (value.isascii() and value.isprintable()):
+                return False
+        elif kind is float:
+            if not (value == 0.0 or 1e-4 <= abs(value) < 1e16):  # NaN fails both
+                return False
+        elif kind is int:
+            if not -(2**63) <= value < 2**63:
+                return False
+        elif value is not None and kind is not bool:
+            return False
+    return True
 
 
 def _entry_hash(prev: str, entry: dict[str, Any]) -> str:
@@ -132,10 +162,11 @@ class AuditLog:
         with self._lock:
             now = datetime.now(timezone.utc)
             path = self._file(now.strftime("%Y-%m-%d"))
+            stamp = now.isoformat(timespec="milliseconds")  # once per write, not per entry
             lines = []
             for fields in entries:
-                entry = {"time": fields.pop("time", now.isoformat(timespec="milliseconds")),
-                         "writer": self.writer, **fields, "prev": self._prev}
+                entry = {"time": fields.pop("time", stamp), "writer": self.writer, **fields,
+                         "prev": self._prev}
                 line, self._prev = _line(self._prev, entry)
                 lines.append(line)
             self._write(path, ("\n".join(lines) + "\n").encode())

@@ -154,3 +154,35 @@ def test_payloads_are_off_unless_the_app_turns_them_on() -> None:
     assert config.audit_payloads is False
     with pytest.raises(ValueError):
         ServeAppConfig.model_validate({"models": [{"name": "m"}], "audit_payload_max_bytes": -1})
+
+
+def test_the_fast_canonical_text_is_byte_for_byte_what_json_writes() -> None:
+    """Entries are hashed over their canonical text, so orjson's fast path must never differ
+    from json.dumps (or every chain written before would fail to verify); values it would write
+    differently take the json path."""
+    import json
+    import random
+
+    from maas.audit import _canonical, _orjson_safe
+
+    def reference(entry: dict) -> str:
+        return json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
+
+    rng = random.Random(0)
+    strings = ["digits_mlp", "a\"quote", "back\\slash", "café", "tab\there", "new\nline", "emoji 🙂",
+               "", " ", "<&>/", "\x7f", "ok"]
+    floats = [0.0, -0.0, 3.21, 1e-4, 9.99e-5, 1e16, 9999999999999998.0, 1e-7, 123.456, float("nan"),
+              float("inf"), 2.0 ** 70]
+    ints = [0, -1, 200, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 10**30]
+    others = [None, True, False, [1, 2], {"a": 1}, (1, 2)]
+    pool = strings + floats + ints + others
+    safe = 0
+    for _ in range(3000):
+        entry = {rng.choice(["action", "model", "z", "a b", "é", "rows", "prev"]) + str(rng.randint(0, 9)):
+                 rng.choice(pool) for _ in range(rng.randint(0, 12))}
+        safe += _orjson_safe(entry)
+        assert _canonical(entry) == reference(entry), entry
+    for _ in range(2000):  # floats across the fast path's whole range
+        value = rng.choice([1, -1]) * 10 ** rng.uniform(-4, 16)
+        assert _canonical({"latency_ms": value}) == reference({"latency_ms": value})
+    assert safe > 100  # the fast path was taken, not only the fallback
