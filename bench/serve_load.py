@@ -53,6 +53,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from maas.localcluster import session_processes  # noqa: E402
+
 BASELINE = r'''
 import json, sys
 import numpy as np
@@ -176,19 +178,10 @@ def _latency(out: str, percentile: str) -> float:
 
 
 def publish_model(root: str) -> str:
-    from maas.config import ModelConfig, OptimizerConfig
-    from maas.data import DataSchema
-    from maas.models import build_model, compile_model
-    from maas.registry import Registry
-    from maas.tfkeras import save_model
+    """Register the untrained digits MLP the benches serve; returns its model.keras path."""
+    from maas.faults import publish_untrained_digits
 
-    schema = DataSchema(input_shape=(8, 8), classes=list(range(10)), source="bench")
-    model = build_model(ModelConfig(hidden_units=[128]), schema, np.zeros((8, 8)), np.ones((8, 8)))
-    compile_model(model, OptimizerConfig())
-    with tempfile.TemporaryDirectory() as staged:
-        save_model(model, f"{staged}/model.keras")
-        version = Registry(root).publish("digits_mlp", staged, {"schema": schema.to_dict()})
-    return f"{version.uri}/model.keras"
+    return f"{publish_untrained_digits(root)}/model.keras"
 
 
 def as_deployment_hosting(config: dict[str, Any]) -> dict[str, Any]:
@@ -291,19 +284,6 @@ def stop(server: subprocess.Popen) -> None:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
-
-
-def session_processes(session: int) -> list[int]:
-    """Live processes whose session id is ``session`` (from /proc; none where there is no /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session:  # after "pid (comm)": state, ppid, pgrp, session
-            found.append(int(stat.parent.name))
-    return found
 
 
 def measure(start: Any, one: str, many: str, seconds: int, work: Path,
