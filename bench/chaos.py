@@ -10,9 +10,12 @@ alternating), then, one after the other:
   node_killed        SIGKILL to every process of a worker node that hosts a replica (raylet,
                      workers, agents), then a replacement node joins
 
-Per fault: requests in the window (the fault plus --after seconds), failed ones (any answer but
-200: 5xx, resets, refusals), the longest stretch with no successful answer, and the seconds until
-the config's replica count is running again (live processes).
+First, case 2 of the issue: training through a node loss (an undisturbed 2-worker run, then the
+same run with rank 1's whole node SIGKILLed after epoch 3 and a replacement joining 5 s later;
+--no-training skips it). Per serving fault: requests in the window (the fault plus --after
+seconds), failed ones (any answer but 200: 5xx, resets, refusals), the longest stretch with no
+successful answer, and the seconds until the config's replica count is running again (live
+processes).
 
     flock /tmp/maas-ray.lock .venv/bin/python bench/chaos.py [--after 20] [--clients 24] [--cases ...]
 
@@ -36,16 +39,59 @@ from maas.faults import (  # noqa: E402
     deploy_shipped_app,
     fault_line,
     kill_controller,
+    kill_node_of_rank,
     kill_replica,
     node_hosting_a_replica,
+    progress,
     replicas_on,
     run_fault,
     single_row_shots,
+    train_job,
 )
 from maas.loadprobe import LoadProbe, summary  # noqa: E402
 from maas.localcluster import local_cluster  # noqa: E402
 
 CASES = ("replica_killed", "controller_killed", "node_killed")
+EPOCHS = 8
+
+
+def training_through_node_loss() -> dict:
+    """Case 2: an undisturbed 2-worker run, then the same run (same seed) with rank 1's whole
+    node SIGKILLed after epoch 3 and a replacement node joining 5 s later."""
+    import json
+
+    from maas.registry import Registry
+
+    def history(version) -> list[int]:
+        return [int(h["epoch"]) for h in json.loads((Path(version.uri) / "history.json").read_text())]
+
+    with local_cluster(Path(tempfile.mkdtemp(prefix="maas-chaos-train-")), workers=2, worker_cpus=1,
+                       haproxy=False, token=TOKEN) as cluster:
+        started = time.monotonic()
+        calm = train_job(cluster, "calm", "digits_calm", EPOCHS)
+        out, _ = calm.communicate(timeout=900)
+        calm_s = time.monotonic() - started
+        if calm.returncode != 0:
+            raise SystemExit(f"the undisturbed run failed:\n{out[-3000:]}")
+        started = time.monotonic()
+        disturbed = train_job(cluster, "node-loss", "digits_node_loss", EPOCHS)
+        killed = kill_node_of_rank(cluster, "node-loss", rank=1, epoch=3)
+        time.sleep(5)
+        cluster.add_worker(killed["node"], num_cpus=1)
+        out, _ = disturbed.communicate(timeout=900)
+        lost_s = time.monotonic() - started
+        if disturbed.returncode != 0:
+            raise SystemExit(f"the run through a node loss failed:\n{out[-3000:]}")
+        registry = Registry(cluster.env["MAAS_REGISTRY"])
+        a, b = registry.get("digits_calm"), registry.get("digits_node_loss")
+        restarted = [line["epoch"] for line in progress(cluster, "node-loss", 1)
+                     if line["pid"] != killed["pid"]]
+        return {"killed_after_epoch": killed["epoch"],
+                "resumed_at_epoch": restarted[0] if restarted else None,
+                "epochs_once": history(b) == list(range(1, EPOCHS + 1)),
+                "calm_accuracy": a.metadata["metrics"]["test_accuracy"],
+                "accuracy": b.metadata["metrics"]["test_accuracy"],
+                "calm_s": round(calm_s, 1), "wall_s": round(lost_s, 1)}
 CONFIGS = ("configs/serve/digits.yaml", "configs/serve/ha.yaml")
 
 
@@ -120,7 +166,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=24)
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--no-training", action="store_true",
+                        help="skip case 2 (training through a node loss)")
     args = parser.parse_args()
+    training = None if args.no_training else training_through_node_loss()
+    if training is not None:
+        print(f"[chaos] training: {training}", flush=True)
     every = {config: run_cases(Path(config), args.cases, args.after, args.clients) for config in args.configs}
     print()
     print(f"{'config':<28} {'fault':<18} {'requests':>8} {'failed':>7} {'failed %':>9} "
@@ -131,6 +182,16 @@ def main() -> None:
             print(f"{config:<28} {case:<18} {r['requests']:>8} {r['failed']:>7} {r['failed_pct']:>9.2f} "
                   f"{r['longest_gap_s']:>14.2f} {r['recovery_s']:>16.1f} {r['p99_ms']:>8.1f}")
     line = ["RESULT"]
+    if training is not None:
+        t = training
+        print(f"\ntraining (2 workers, {EPOCHS} epochs): node of rank 1 killed after epoch "
+              f"{t['killed_after_epoch']}, resumed at epoch {t['resumed_at_epoch']}, every epoch once: "
+              f"{t['epochs_once']}, test accuracy "
+              f"{t['accuracy']:.4f} against {t['calm_accuracy']:.4f} undisturbed, {t['wall_s']} s against "
+              f"{t['calm_s']} s")
+        line += [f"train_epochs_once={int(t['epochs_once'])}",
+                 f"train_acc_delta={t['accuracy'] - t['calm_accuracy']:+.4f}",
+                 f"train_extra_s={t['wall_s'] - t['calm_s']:.1f}"]
     for config, results in every.items():
         tag = Path(config).stem
         line.append(f"{tag}_steady_rps={results['steady']['rps']:.0f}")

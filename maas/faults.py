@@ -251,3 +251,53 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+# --- training through a node loss --------------------------------------------------------------
+
+def train_job(cluster: LocalCluster, run: str, model: str, epochs: int = 8,
+              extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``python -m train`` on the digits MLP as a driver of ``cluster``: two workers (one per
+    1-CPU worker node), a checkpoint every epoch, three restarts allowed."""
+    settings = [f"training.epochs={epochs}", "model.hidden_units=[32]", "run.max_failures=3",
+                "run.checkpoint_every_epochs=1", "scaling.num_workers=2",
+                f"registry.model_name={model}", f"registry.root={cluster.env['MAAS_REGISTRY']}",
+                f"run.storage_path={cluster.env['MAAS_STORAGE']}"]
+    return subprocess.Popen(
+        [str(BIN / "python"), "-m", "train", "--config", "configs/train/digits_mlp.yaml",
+         *[part for s in settings for part in ("--set", s)], "--run-name", run,
+         "--address", cluster.address, *extra],
+        cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def progress(cluster: LocalCluster, run: str, rank: int) -> list[dict[str, Any]]:
+    """What rank ``rank`` of a run reported, an epoch a line (pid, epoch, ...)."""
+    import json
+
+    path = Path(cluster.env["MAAS_STORAGE"]) / run / "workers" / f"progress-rank-{rank}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def node_of(cluster: LocalCluster, pid: int) -> str:
+    """Which node of the cluster runs process ``pid``."""
+    for name, node in cluster.nodes.items():
+        if node.alive and pid in session_processes(node.process.pid):
+            return name
+    raise ClusterError(f"process {pid} is on no node of the cluster")
+
+
+def kill_node_of_rank(cluster: LocalCluster, run: str, rank: int, epoch: int,
+                      timeout: float = 300) -> dict[str, Any]:
+    """Once rank ``rank`` reported epoch ``epoch``, SIGKILL the whole node it runs on; returns
+    its last report with the node's name."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = progress(cluster, run, rank)
+        if lines and lines[-1]["epoch"] >= epoch:
+            killed = {**lines[-1], "node": node_of(cluster, lines[-1]["pid"])}
+            cluster.kill(killed["node"])
+            return killed
+        time.sleep(0.05)
+    raise TimeoutError(f"rank {rank} of run {run} never reached epoch {epoch}")

@@ -28,21 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from maas.localcluster import LocalCluster, local_cluster, session_processes
+from maas.faults import kill_node_of_rank, progress, train_job
+from maas.localcluster import LocalCluster, local_cluster
 from maas.registry import Registry
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 EPOCHS = 8
 BIN = Path(sys.executable).parent
-
-
-def overrides(cluster: LocalCluster, model: str) -> list[str]:
-    settings = [f"training.epochs={EPOCHS}", "model.hidden_units=[32]", "run.max_failures=3",
-                "run.checkpoint_every_epochs=1", "scaling.num_workers=2",
-                f"registry.model_name={model}", f"registry.root={cluster.env['MAAS_REGISTRY']}",
-                f"run.storage_path={cluster.env['MAAS_STORAGE']}"]
-    return [part for s in settings for part in ("--set", s)]
 
 
 @pytest.fixture(scope="module")
@@ -52,46 +45,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield running
 
 
-def train(cluster: LocalCluster, run: str, model: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(BIN / "python"), "-m", "train", "--config", "configs/train/digits_mlp.yaml",
-         *overrides(cluster, model), "--run-name", run, "--address", cluster.address, *extra],
-        cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def progress(cluster: LocalCluster, run: str, rank: int) -> list[dict]:
-    path = Path(cluster.env["MAAS_STORAGE"]) / run / "workers" / f"progress-rank-{rank}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def node_of(cluster: LocalCluster, pid: int) -> str:
-    for name, node in cluster.nodes.items():
-        if node.alive and pid in session_processes(node.process.pid):
-            return name
-    raise AssertionError(f"process {pid} is on no node of the cluster")
-
-
 def history(version) -> list[int]:
     return [int(h["epoch"]) for h in json.loads((Path(version.uri) / "history.json").read_text())]
 
 
 def test_a_killed_worker_node_and_its_replacement(cluster: LocalCluster) -> None:
-    calm = train(cluster, "calm", "digits_calm")
+    calm = train_job(cluster, "calm", "digits_calm", EPOCHS)
     out, _ = calm.communicate(timeout=600)
     assert calm.returncode == 0, out[-3000:]
 
-    disturbed = train(cluster, "node-loss", "digits_node_loss")
-    deadline = time.time() + 300
-    killed: dict = {}
-    while time.time() < deadline and not killed:
-        lines = progress(cluster, "node-loss", 1)
-        if lines and lines[-1]["epoch"] >= 3:
-            killed = {**lines[-1], "node": node_of(cluster, lines[-1]["pid"])}
-            cluster.kill(killed["node"])
-        time.sleep(0.05)
-    assert killed, "rank 1 never reached epoch 3: the test proved nothing"
+    disturbed = train_job(cluster, "node-loss", "digits_node_loss", EPOCHS)
+    killed = kill_node_of_rank(cluster, "node-loss", rank=1, epoch=3)
     assert killed["node"] != "head"
     time.sleep(5)  # the run is without that node for a while, as after a real machine loss
     cluster.add_worker(killed["node"], num_cpus=1)
@@ -115,8 +79,12 @@ def test_a_killed_worker_node_and_its_replacement(cluster: LocalCluster) -> None
 def test_a_killed_job_driver_fails_the_job_and_resume_continues(cluster: LocalCluster) -> None:
     env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}
     runtime_env = json.dumps({"env_vars": {k: cluster.env[k] for k in ("MAAS_REGISTRY", "MAAS_STORAGE")}})
+    settings = [f"training.epochs={EPOCHS}", "model.hidden_units=[32]", "run.max_failures=3",
+                "run.checkpoint_every_epochs=1", "scaling.num_workers=2",
+                "registry.model_name=digits_driver_loss", f"registry.root={cluster.env['MAAS_REGISTRY']}",
+                f"run.storage_path={cluster.env['MAAS_STORAGE']}"]
     command = ["python", "-m", "train", "--config", "configs/train/digits_mlp.yaml",
-               *overrides(cluster, "digits_driver_loss"), "--run-name", "driver-loss"]
+               *[part for s in settings for part in ("--set", s)], "--run-name", "driver-loss"]
 
     def submit(*extra: str) -> str:
         done = subprocess.run([str(BIN / "ray"), "job", "submit", "--no-wait", "--working-dir", ".",
