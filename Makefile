@@ -29,8 +29,12 @@ lint: setup
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
+# The chaos tests run in a pytest process of their own: they talk to token-authenticated clusters,
+# and Ray's client keeps the auth settings it first read for the life of a process, which broke
+# every in-process training run of the integration session that came after them.
 test: setup lint
-	$(BIN)/python -m pytest -q -rs --durations=15 -m "not slow"
+	$(BIN)/python -m pytest -q -rs --durations=15 -m "not slow" --ignore=tests/chaos
+	$(BIN)/python -m pytest -q -rs --durations=8 -m "not slow" tests/chaos
 
 # The fault tests that take minutes (a killed worker node, ...) besides the short ones make test
 # runs; the figures come from bench/chaos.py (every fault under load) and bench/soak.py (10 min).
