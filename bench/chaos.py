@@ -43,6 +43,7 @@ from maas.faults import (  # noqa: E402
     kill_replica,
     node_hosting_a_replica,
     progress,
+    registered_epochs,
     replicas_on,
     run_fault,
     single_row_shots,
@@ -58,12 +59,7 @@ EPOCHS = 8
 def training_through_node_loss() -> dict:
     """Case 2: an undisturbed 2-worker run, then the same run (same seed) with rank 1's whole
     node SIGKILLed after epoch 3 and a replacement node joining 5 s later."""
-    import json
-
     from maas.registry import Registry
-
-    def history(version) -> list[int]:
-        return [int(h["epoch"]) for h in json.loads((Path(version.uri) / "history.json").read_text())]
 
     with local_cluster(Path(tempfile.mkdtemp(prefix="maas-chaos-train-")), workers=2, worker_cpus=1,
                        haproxy=False, token=TOKEN) as cluster:
@@ -88,7 +84,7 @@ def training_through_node_loss() -> dict:
                      if line["pid"] != killed["pid"]]
         return {"killed_after_epoch": killed["epoch"],
                 "resumed_at_epoch": restarted[0] if restarted else None,
-                "epochs_once": history(b) == list(range(1, EPOCHS + 1)),
+                "epochs_once": registered_epochs(b) == list(range(1, EPOCHS + 1)),
                 "calm_accuracy": a.metadata["metrics"]["test_accuracy"],
                 "accuracy": b.metadata["metrics"]["test_accuracy"],
                 "calm_s": round(calm_s, 1), "wall_s": round(lost_s, 1)}

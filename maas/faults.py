@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from maas.errors import ClusterError
-from maas.localcluster import BIN, LocalCluster, free_port, session_processes
+from maas.localcluster import BIN, LocalCluster, command_line, free_port, session_processes
 from maas.serving.settings import INGRESS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,11 +150,7 @@ def kill_replica(app: DeployedApp, on_node: str | None = None) -> dict[str, Any]
 def controller_pid(cluster: LocalCluster) -> int:
     """The Serve controller's process (an actor process of the head node's session)."""
     for pid in session_processes(cluster.nodes["head"].process.pid):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if command.startswith(b"ray::ServeController"):
+        if " ".join(command_line(pid)).startswith("ray::ServeController"):
             return pid
     raise ClusterError("no Serve controller process found on the head node")
 
@@ -223,7 +219,7 @@ def single_row_shots() -> list[Any]:
 
 # --- what the serving processes hold ---------------------------------------------------------
 
-SERVING_PROCESSES = (b"ray::ServeReplica", b"ray::ProxyActor", b"ray::HAProxyManager", b"haproxy")
+SERVING_PROCESSES = ("ray::ServeReplica", "ray::ProxyActor", "ray::HAProxyManager")
 
 
 def serving_processes(cluster: LocalCluster) -> dict[int, str]:
@@ -231,14 +227,10 @@ def serving_processes(cluster: LocalCluster) -> dict[int, str]:
     found = {}
     for node in cluster.nodes.values():
         for pid in session_processes(node.process.pid):
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            for kind in SERVING_PROCESSES:
-                if command.startswith(kind) or (kind == b"haproxy" and command.split(b" ")[0].endswith(kind)):
-                    found[pid] = command.split(b" ")[0].decode(errors="replace")
-                    break
+            command = " ".join(command_line(pid))
+            program = command.split(" ")[0]
+            if command.startswith(SERVING_PROCESSES) or program.endswith("haproxy"):
+                found[pid] = program
     return found
 
 
@@ -255,19 +247,31 @@ def rss_mib(pid: int) -> float:
 
 # --- training through a node loss --------------------------------------------------------------
 
-def train_job(cluster: LocalCluster, run: str, model: str, epochs: int = 8,
-              extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    """``python -m train`` on the digits MLP as a driver of ``cluster``: two workers (one per
+def train_arguments(cluster: LocalCluster, run: str, model: str, epochs: int = 8) -> list[str]:
+    """What follows ``python -m train`` for the digits MLP on ``cluster``: two workers (one per
     1-CPU worker node), a checkpoint every epoch, three restarts allowed."""
     settings = [f"training.epochs={epochs}", "model.hidden_units=[32]", "run.max_failures=3",
                 "run.checkpoint_every_epochs=1", "scaling.num_workers=2",
                 f"registry.model_name={model}", f"registry.root={cluster.env['MAAS_REGISTRY']}",
                 f"run.storage_path={cluster.env['MAAS_STORAGE']}"]
+    return ["--config", "configs/train/digits_mlp.yaml",
+            *[part for s in settings for part in ("--set", s)], "--run-name", run]
+
+
+def train_job(cluster: LocalCluster, run: str, model: str, epochs: int = 8,
+              extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``python -m train`` (``train_arguments``) as a driver of ``cluster``."""
     return subprocess.Popen(
-        [str(BIN / "python"), "-m", "train", "--config", "configs/train/digits_mlp.yaml",
-         *[part for s in settings for part in ("--set", s)], "--run-name", run,
+        [str(BIN / "python"), "-m", "train", *train_arguments(cluster, run, model, epochs),
          "--address", cluster.address, *extra],
         cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def registered_epochs(version: Any) -> list[int]:
+    """The epochs in a registered version's training history, in order."""
+    import json
+
+    return [int(h["epoch"]) for h in json.loads((Path(version.uri) / "history.json").read_text())]
 
 
 def progress(cluster: LocalCluster, run: str, rank: int) -> list[dict[str, Any]]:

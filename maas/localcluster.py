@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from maas.errors import ClusterError
@@ -56,6 +56,15 @@ def session_processes(session: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> list[str]:
+    """A process's argv as /proc has it ([] when it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
 def kill_session(session: int, sig: int = signal.SIGKILL) -> int:
     """Send ``sig`` to every process of a session; returns how many were signalled."""
     count = 0
@@ -75,16 +84,10 @@ class Node:
     name: str
     process: subprocess.Popen
     log: Path
-    num_cpus: float
-    resources: dict[str, float] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
-
-    @property
-    def pids(self) -> list[int]:
-        return session_processes(self.process.pid)
 
 
 class LocalCluster:
@@ -106,7 +109,7 @@ class LocalCluster:
             "RAY_AUTH_TOKEN": token or secrets.token_hex(16),
             "MAAS_REGISTRY": str(self.work / "registry"),
             "MAAS_STORAGE": str(self.work / "runs"),
-            "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}",
+            "RAY_ADDRESS": self.address,
             "TF_USE_LEGACY_KERAS": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "RAY_worker_niceness": "0",
@@ -139,8 +142,8 @@ class LocalCluster:
             f"--ray-client-server-port={free_port()}", *self._node_ports(),
             "--resources", json.dumps({"head": 1}),
         ]
-        self._launch("head", command, self.head_cpus, {"head": 1})
-        self._wait_for(lambda: self._live_nodes() >= 1, timeout, "the head node did not come up")
+        head = self._launch("head", command)
+        self._wait_for(head, lambda: self._ids_named("head"), timeout, "the head node did not come up")
         return self
 
     def add_worker(self, name: str, num_cpus: float = 1, timeout: float = 120) -> Node:
@@ -150,13 +153,12 @@ class LocalCluster:
         # A node killed a moment ago still counts as alive until the head's health checks give
         # up on it (seconds): the new node is the one carrying ``name`` under a new node id.
         before = self._ids_named(name)
-        resources = {name: 1.0}
         command = [
             str(BIN / "ray"), "start", "--block", f"--address={self.address}",
-            f"--num-cpus={num_cpus}", *self._node_ports(), "--resources", json.dumps(resources),
+            f"--num-cpus={num_cpus}", *self._node_ports(), "--resources", json.dumps({name: 1}),
         ]
-        node = self._launch(name, command, num_cpus, resources)
-        self._wait_for(lambda: self._ids_named(name) - before, timeout, f"node {name!r} did not join")
+        node = self._launch(name, command)
+        self._wait_for(node, lambda: self._ids_named(name) - before, timeout, f"node {name!r} did not join")
         return node
 
     def _ids_named(self, name: str) -> set[str]:
@@ -192,7 +194,7 @@ class LocalCluster:
                 node.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        self._forget_address()
+        forget_address_record(self.gcs_port)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -211,10 +213,14 @@ class LocalCluster:
         """Ray node id -> our name for every live node (from the custom resource each carries)."""
         result = self.ray("list", "nodes", "--format=json", "--detail", "--filter", "state=ALIVE",
                           f"--address={self.dashboard}", timeout=30)
-        if result.returncode != 0:
-            raise ClusterError(f"could not list the cluster's nodes: {result.stderr[-500:]}")
+        try:
+            if result.returncode != 0:
+                raise ValueError(result.stderr[-500:])
+            listed = json.loads(result.stdout)
+        except ValueError as exc:  # refused, or no answer yet while the dashboard starts
+            raise ClusterError(f"could not list the cluster's nodes: {exc}") from None
         found = {}
-        for node in json.loads(result.stdout):
+        for node in listed:
             resources = node.get("resources_total") or {}
             for name in self.nodes:
                 if resources.get(name):
@@ -230,45 +236,37 @@ class LocalCluster:
             f"--min-worker-port={low}", f"--max-worker-port={low + 199}",
         ]
 
-    def _launch(self, name: str, command: list[str], num_cpus: float,
-                resources: dict[str, float]) -> Node:
+    def _launch(self, name: str, command: list[str]) -> Node:
         log = self.work / f"{name}.log"
         with open(log, "a") as out:
             process = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                        start_new_session=True)
-        node = Node(name, process, log, num_cpus, resources)
+        node = Node(name, process, log)
         self.nodes[name] = node
         return node
 
-    def _live_nodes(self) -> int:
-        result = self.ray("list", "nodes", "--format=json", "--filter", "state=ALIVE",
-                          f"--address={self.dashboard}", timeout=30)
-        if result.returncode != 0:
-            return 0
-        try:
-            return len(json.loads(result.stdout))
-        except ValueError:
-            return 0
-
-    def _wait_for(self, ready, timeout: float, message: str) -> None:
+    def _wait_for(self, node: Node, ready, timeout: float, message: str) -> None:
+        """Until ``ready()``; an error at once if the node's `ray start` exits meanwhile."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            dead = [n.name for n in self.nodes.values() if not n.alive]
-            if dead:
-                raise ClusterError(f"{message}: `ray start` exited for {dead} (see {self.work}/*.log)")
+            if not node.alive:
+                raise ClusterError(f"{message}: `ray start` exited (see {node.log})")
             if ready():
                 return
             time.sleep(1)
         raise ClusterError(f"{message} within {timeout:.0f} s (see {self.work}/*.log)")
 
-    def _forget_address(self) -> None:
-        """`ray start` stopped by signal leaves its address record; remove it if it is ours."""
-        record = Path("/tmp/ray/ray_current_cluster")
-        try:
-            if record.read_text().strip().endswith(f":{self.gcs_port}"):
-                record.unlink()
-        except OSError:
-            pass
+
+def forget_address_record(gcs_port: int) -> None:
+    """Remove Ray's record of the last `ray start` (``/tmp/ray/ray_current_cluster``) if it names
+    ``gcs_port``: stopped by signal, `ray start` leaves it behind, and a later ``ray.init()``
+    would follow it to nothing. Another cluster's record is never touched."""
+    record = Path("/tmp/ray/ray_current_cluster")
+    try:
+        if record.read_text().strip().endswith(f":{gcs_port}"):
+            record.unlink()
+    except OSError:
+        pass
 
 
 _next_worker_port = [21000]

@@ -23,16 +23,14 @@ from maas.loadprobe import Answer, LoadProbe, Shot, percentile, summary
 
 def mixed_shots() -> list[Shot]:
     """Eight requests a cycle: 4 single-row v1, 1 64-row v1, 2 single-row v2, 1 invalid."""
+    from maas.faults import single_row_shots
+
+    v1, v2 = single_row_shots()
     row = [[0.1] * 8] * 8
-    one = json.dumps({"instances": [row]}).encode()
-    many = json.dumps({"instances": [row] * 64}).encode()
-    v2 = json.dumps({"inputs": [{"name": "inputs", "shape": [1, 8, 8], "datatype": "FP32",
-                                 "data": [0.1] * 64}]}).encode()
-    bad = json.dumps({"instances": [[[0.1] * 7] * 8]}).encode()  # one column short: a 400
-    v1, v2_path = "/v1/models/digits_mlp:predict", "/v2/models/digits_mlp/infer"
-    return [Shot("v1", v1, one), Shot("v1_64", v1, many), Shot("v1", v1, one), Shot("v2", v2_path, v2),
-            Shot("v1", v1, one), Shot("invalid", v1, bad, expect=400), Shot("v1", v1, one),
-            Shot("v2", v2_path, v2)]
+    many = Shot("v1_64", v1.path, json.dumps({"instances": [row] * 64}).encode())
+    bad = Shot("invalid", v1.path, json.dumps({"instances": [[[0.1] * 7] * 8]}).encode(),  # a 400
+               expect=400)
+    return [v1, many, v1, v2, v1, bad, v1, v2]
 
 
 @dataclass
@@ -100,7 +98,6 @@ def soak_figures(answers: Sequence[Answer], record: SoakRecord, finished: float,
     p99s = p99_per_bucket(answers, record.started, finished, bucket_s)
     unexpected_5xx = sum(1 for a in answers if record.started <= a.ended <= finished
                          and isinstance(a.status, int) and a.status >= 500)
-    versions_seen = sorted({a.kind for a in answers})
     return {
         "minutes": round((finished - record.started) / 60, 2),
         "requests": whole["requests"],
@@ -114,7 +111,7 @@ def soak_figures(answers: Sequence[Answer], record: SoakRecord, finished: float,
         "p99_first_ms": round(p99s[0], 1) if p99s else float("nan"),
         "p99_last_ms": round(p99s[-1], 1) if p99s else float("nan"),
         "swaps": [v for _, v in record.swaps],
-        "kinds": versions_seen,
+        "kinds": sorted({a.kind for a in answers}),
         "memory": [(round(t - record.started, 1), round(m, 1), n) for t, m, n in record.memory],
     }
 

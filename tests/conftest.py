@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from maas.localcluster import forget_address_record, free_port  # noqa: F401 - tests import free_port from here
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,10 +21,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop_ray_head(head: subprocess.Popen, gcs_port: int) -> None:
@@ -35,12 +32,7 @@ def stop_ray_head(head: subprocess.Popen, gcs_port: int) -> None:
         head.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
-    record = Path("/tmp/ray/ray_current_cluster")
-    try:
-        if record.read_text().strip().endswith(f":{gcs_port}"):
-            record.unlink()
-    except OSError:
-        pass
+    forget_address_record(gcs_port)
 
 
 @pytest.fixture

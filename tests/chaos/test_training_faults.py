@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from maas.faults import kill_node_of_rank, progress, train_job
-from maas.localcluster import LocalCluster, local_cluster
+from maas.faults import kill_node_of_rank, progress, registered_epochs, train_arguments, train_job
+from maas.localcluster import LocalCluster, command_line, local_cluster
 from maas.registry import Registry
 from tests.conftest import REPO
 
@@ -43,10 +43,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with local_cluster(tmp_path_factory.mktemp("chaos-train"), workers=2, worker_cpus=1,
                        haproxy=False) as running:
         yield running
-
-
-def history(version) -> list[int]:
-    return [int(h["epoch"]) for h in json.loads((Path(version.uri) / "history.json").read_text())]
 
 
 def test_a_killed_worker_node_and_its_replacement(cluster: LocalCluster) -> None:
@@ -64,7 +60,7 @@ def test_a_killed_worker_node_and_its_replacement(cluster: LocalCluster) -> None
 
     registry = Registry(cluster.env["MAAS_REGISTRY"])
     calm_version, lost = registry.get("digits_calm"), registry.get("digits_node_loss")
-    assert history(lost) == list(range(1, EPOCHS + 1))  # no gap, no repeat
+    assert registered_epochs(lost) == list(range(1, EPOCHS + 1))  # no gap, no repeat
     by_pid: dict[int, list[int]] = {}
     for line in progress(cluster, "node-loss", 1):
         by_pid.setdefault(line["pid"], []).append(line["epoch"])
@@ -79,12 +75,8 @@ def test_a_killed_worker_node_and_its_replacement(cluster: LocalCluster) -> None
 def test_a_killed_job_driver_fails_the_job_and_resume_continues(cluster: LocalCluster) -> None:
     env = {**cluster.env, "RAY_ADDRESS": cluster.dashboard}
     runtime_env = json.dumps({"env_vars": {k: cluster.env[k] for k in ("MAAS_REGISTRY", "MAAS_STORAGE")}})
-    settings = [f"training.epochs={EPOCHS}", "model.hidden_units=[32]", "run.max_failures=3",
-                "run.checkpoint_every_epochs=1", "scaling.num_workers=2",
-                "registry.model_name=digits_driver_loss", f"registry.root={cluster.env['MAAS_REGISTRY']}",
-                f"run.storage_path={cluster.env['MAAS_STORAGE']}"]
-    command = ["python", "-m", "train", "--config", "configs/train/digits_mlp.yaml",
-               *[part for s in settings for part in ("--set", s)], "--run-name", "driver-loss"]
+    command = ["python", "-m", "train",
+               *train_arguments(cluster, "driver-loss", "digits_driver_loss", EPOCHS)]
 
     def submit(*extra: str) -> str:
         done = subprocess.run([str(BIN / "ray"), "job", "submit", "--no-wait", "--working-dir", ".",
@@ -126,7 +118,7 @@ def test_a_killed_job_driver_fails_the_job_and_resume_continues(cluster: LocalCl
         time.sleep(2)
     assert status(second) == "SUCCEEDED"
     version = registry.get("digits_driver_loss")
-    assert history(version) == list(range(1, EPOCHS + 1))
+    assert registered_epochs(version) == list(range(1, EPOCHS + 1))
     resumed = [line["epoch"] for line in progress(cluster, "driver-loss", 0)
                if line["pid"] not in killed_pids]
     assert resumed and resumed[0] > 1, "the resumed run started over"
@@ -138,10 +130,7 @@ def _driver_pid(cluster: LocalCluster, run: str) -> int:
     starts it in a session of its own)."""
     for stat in Path("/proc").glob("[0-9]*/cmdline"):
         pid = int(stat.parent.name)
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"train" in command and run.encode() in command and b"-m" in command:
+        command = command_line(pid)
+        if "train" in command and run in command and "-m" in command:
             return pid
     raise AssertionError(f"no driver process for run {run}")
