@@ -169,6 +169,8 @@ def concurrent_trials(search: SearchSection, base: TrainJobConfig, cluster_cpus:
 
 
 def run_trial(sampled: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> None:
+    """One trial: a Train run named after the trial under ``<sweep>/trials``, so a resumed trial
+    continues its own run from its last checkpoint (and ``summarise`` finds the run)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -220,35 +222,114 @@ def _placement_group_releaser() -> Any:
 # Results
 
 
-def summarise(result_grid: Any, search: SearchSection, epochs: int) -> list[dict[str, Any]]:
-    """One row per trial: hyperparameters, final and best metric, epochs run, status."""
+def summarise(result_grid: Any, search: SearchSection, epochs: int,
+              runs_root: str | None = None) -> list[dict[str, Any]]:
+    """One row per trial: hyperparameters, final and best metric, epochs run, status.
+
+    A trial's epochs come from two records of the same Train run: what Tune recorded, and the
+    history saved in the run's latest checkpoint under ``runs_root`` (``<sweep>/trials``). They
+    differ after an interrupt: Tune saves its state once at Ctrl-C and records nothing after,
+    while the trials' Train runs go on until Tune's cleanup ends them, sometimes to their last
+    epoch. Resumed, such a run continues from that checkpoint with nothing left to train or
+    report, so Tune alone would show it "stopped" at the epochs it had when the state was saved.
+    The checkpoint is what the run actually trained (and what gets registered): it wins."""
+    runs = _train_runs(runs_root) if runs_root else {}
     rows = []
     for result in result_grid:
-        frame = result.metrics_dataframe
-        history = frame[search.metric].tolist() if frame is not None and search.metric in frame else []
-        best = (max if search.mode == "max" else min)(history) if history else math.nan
-        epochs_run = int(frame["epoch"].max()) if history else 0
-        status = "error" if result.error else ("completed" if epochs_run >= epochs else "stopped")
-        rows.append({
-            "trial": Path(result.path).name,
-            **{f"param.{k}": _cell(v) for k, v in (result.config or {}).items()},
-            f"final_{search.metric}": history[-1] if history else math.nan,
-            f"best_{search.metric}": best,
-            "epochs_run": epochs_run,
-            "status": status,
-            "checkpoint_path": (result.metrics or {}).get("checkpoint_path"),
-            "_history": history,
-            "_params": dict(result.config or {}),
-            "_epochs": _epoch_records(frame),
-        })
+        checkpoint, saved = _checkpointed_history(runs, Path(result.path).name)
+        rows.append(trial_row(
+            trial=Path(result.path).name, params=dict(result.config or {}),
+            tune_records=_frame_records(result.metrics_dataframe),
+            tune_checkpoint=(result.metrics or {}).get("checkpoint_path"),
+            saved_history=saved, saved_checkpoint=checkpoint,
+            failed=result.error is not None, search=search, epochs=epochs))
     return rows
 
 
-def _epoch_records(frame: Any) -> list[dict[str, float]]:
+def trial_row(trial: str, params: dict[str, Any], tune_records: list[dict[str, Any]],
+              tune_checkpoint: str | None, saved_history: list[dict[str, Any]],
+              saved_checkpoint: str | None, failed: bool, search: SearchSection,
+              epochs: int) -> dict[str, Any]:
+    """A trial's row from its two records (see ``summarise``): epoch by epoch, the checkpointed
+    history where it has the epoch, Tune's record after it (epochs reported without a
+    checkpoint); a repeated epoch counts once, its latest report."""
+    by_epoch = {int(r["epoch"]): r for r in tune_records if _has_epoch(r)}
+    by_epoch.update({int(r["epoch"]): r for r in saved_history if _has_epoch(r)})
+    records = [by_epoch[e] for e in sorted(by_epoch)]
+    history = [r[search.metric] for r in records if search.metric in r]
+    epochs_run = max(by_epoch) if history else 0
+    status = "error" if failed else ("completed" if epochs_run >= epochs else "stopped")
+    latest_saved = max((int(r["epoch"]) for r in saved_history if _has_epoch(r)), default=0)
+    # the checkpoint of the newest epoch either record has one for
+    checkpoint = saved_checkpoint if saved_checkpoint and latest_saved >= _checkpoint_epoch(
+        tune_records, tune_checkpoint) else tune_checkpoint
+    return {
+        "trial": trial,
+        **{f"param.{k}": _cell(v) for k, v in params.items()},
+        f"final_{search.metric}": history[-1] if history else math.nan,
+        f"best_{search.metric}": (max if search.mode == "max" else min)(history) if history else math.nan,
+        "epochs_run": epochs_run,
+        "status": status,
+        "checkpoint_path": checkpoint,
+        "_history": history,
+        "_params": params,
+        "_epochs": [{k: r[k] for k in _EPOCH_COLUMNS if k in r} for r in records],
+    }
+
+
+_EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _has_epoch(record: dict[str, Any]) -> bool:
+    epoch = record.get("epoch")
+    return isinstance(epoch, (int, float)) and epoch == epoch  # pandas fills a gap with NaN
+
+
+def _checkpoint_epoch(records: list[dict[str, Any]], checkpoint: str | None) -> int:
+    """The epoch Tune's record reported ``checkpoint`` with (0: none)."""
+    matching = [int(r["epoch"]) for r in records
+                if checkpoint and _has_epoch(r) and r.get("checkpoint_path") == checkpoint]
+    return max(matching, default=0)
+
+
+def _frame_records(frame: Any) -> list[dict[str, Any]]:
     if frame is None or "epoch" not in frame:
         return []
-    columns = [c for c in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy") if c in frame]
-    return frame[columns].to_dict("records")
+    return frame.to_dict("records")
+
+
+def _train_runs(runs_root: str) -> dict[str, str]:
+    """The Train runs of a sweep's trials, by name (``run_trial`` names each after its trial)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem_for(runs_root)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return {}
+    return {Path(i.path).name: f"{runs_root.rstrip('/')}/{Path(i.path).name}"
+            for i in infos if i.type == pafs.FileType.Directory}
+
+
+def _checkpointed_history(runs: dict[str, str], trial_dir: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """The latest checkpoint of a trial's Train run and the history saved in it. Tune names a
+    trial's directory ``<trial name>_<tag>_<time>``, so the run is the one named by its prefix."""
+    import json
+
+    from maas.resume import CheckpointError, latest_checkpoint
+    from maas.training import STATE_FILE
+
+    run = next((uri for name, uri in runs.items() if trial_dir.startswith(f"{name}_")), None)
+    try:
+        checkpoint = latest_checkpoint(run) if run else None
+        if checkpoint is None:
+            return None, []
+        fs, path = filesystem_for(checkpoint)
+        with fs.open_input_stream(f"{path}/{STATE_FILE}") as stream:
+            history = json.loads(stream.read()).get("history", [])
+    except (CheckpointError, FileNotFoundError, ValueError, AttributeError):
+        return None, []  # no usable checkpoint: Tune's record is all there is
+    return checkpoint, [r for r in history if isinstance(r, dict)]
 
 
 def _cell(value: Any) -> Any:
@@ -362,10 +443,11 @@ def run_sweep(cfg: TuneJobConfig, base: TrainJobConfig, resume: bool = False) ->
     if ctrl_c() or _interrupted(grid, cfg.search, time.monotonic() - started):
         # Ctrl-C / SIGTERM: Tune saved its state and returned early. Publishing a winner now would
         # pick from a partial sweep, so stop here and let --resume finish it.
+        # (Tune's cleanup marks the trials it ended "terminated" too: no count of finished ones)
         raise SweepInterrupted(
-            f"sweep '{cfg.name}' was interrupted with {grid.num_terminated + grid.num_errors} of "
-            f"{cfg.search.num_samples} trials finished; continue it with --resume")
-    rows = summarise(grid, cfg.search, base.training.epochs)
+            f"sweep '{cfg.name}' was interrupted before its {cfg.search.num_samples} trials "
+            f"finished; continue it with --resume (each trial from its last checkpoint)")
+    rows = summarise(grid, cfg.search, base.training.epochs, f"{directory}/trials")
     csv_path, png_path = write_results(rows, cfg.search, _local_results_dir(directory, cfg))
     best = best_row(rows, cfg.search)
     version = _register_best(cfg, base, splits, best, rows)

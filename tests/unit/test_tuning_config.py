@@ -112,3 +112,66 @@ def test_ctrl_c_is_told_apart_from_a_normal_end() -> None:
     with watch_ctrl_c() as interrupted:
         pass  # Tune's handler saw Ctrl-C and put the previous one back
     assert interrupted() is True
+
+
+def _epoch(n: int, acc: float, ckpt: str | None = None) -> dict:
+    return {"epoch": n, "loss": 1 - acc, "accuracy": acc, "val_loss": 1 - acc, "val_accuracy": acc,
+            **({"checkpoint_path": ckpt} if ckpt else {})}
+
+
+def _trial_row(tune: list[dict], saved: list[dict], saved_ckpt: str | None, failed: bool = False) -> dict:
+    from maas.tuning import trial_row
+
+    search = SearchSection(space={"model.dropout": Choice(type="choice", values=[0.1])})
+    last_ckpt = next((r["checkpoint_path"] for r in reversed(tune) if "checkpoint_path" in r), None)
+    return trial_row(trial="run_trial_x_00000_0_a", params={"model.dropout": 0.1}, tune_records=tune,
+                     tune_checkpoint=last_ckpt, saved_history=saved, saved_checkpoint=saved_ckpt,
+                     failed=failed, search=search, epochs=4)
+
+
+def test_a_run_that_trained_on_after_tunes_last_save_counts_what_it_trained() -> None:
+    """Ctrl-C: Tune saved its record at epoch 2, the trial's Train run went on to epoch 4 before
+    Tune's cleanup ended it; resumed, it had nothing left to report. Its checkpoint says what
+    it trained: the trial completed, and that checkpoint is the one to register."""
+    row = _trial_row(tune=[_epoch(1, 0.5, "c1"), _epoch(2, 0.6, "c2")],
+                     saved=[_epoch(e, a) for e, a in ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8))],
+                     saved_ckpt="c4")
+    assert (row["status"], row["epochs_run"], row["checkpoint_path"]) == ("completed", 4, "c4")
+    assert row["_history"] == [0.5, 0.6, 0.7, 0.8] and row["final_val_accuracy"] == 0.8
+    assert [e["epoch"] for e in row["_epochs"]] == [1, 2, 3, 4]
+
+
+def test_tunes_record_counts_epochs_reported_after_the_last_checkpoint_once() -> None:
+    # checkpoints every 2 epochs: epoch 3 was reported without one; epoch 2 reported twice
+    # (trained again after a restart)
+    row = _trial_row(tune=[_epoch(1, 0.5), _epoch(2, 0.55, "c2"), _epoch(2, 0.6, "c2b"), _epoch(3, 0.7)],
+                     saved=[_epoch(1, 0.5), _epoch(2, 0.6)], saved_ckpt="c2b")
+    assert (row["status"], row["epochs_run"], row["_history"]) == ("stopped", 3, [0.5, 0.6, 0.7])
+    assert row["checkpoint_path"] == "c2b"
+
+
+def test_without_a_readable_checkpoint_tunes_record_is_the_row() -> None:
+    row = _trial_row(tune=[_epoch(1, 0.5, "c1"), _epoch(2, 0.6, "c2")], saved=[], saved_ckpt=None)
+    assert (row["status"], row["epochs_run"], row["checkpoint_path"]) == ("stopped", 2, "c2")
+    failed = _trial_row(tune=[], saved=[], saved_ckpt=None, failed=True)
+    assert failed["status"] == "error" and failed["epochs_run"] == 0 and failed["checkpoint_path"] is None
+
+
+def test_a_trials_train_run_is_found_by_the_name_tune_gives_its_directory(tmp_path: Path) -> None:
+    import json
+
+    from maas.tuning import _checkpointed_history, _train_runs
+
+    for run, epoch in (("run_trial_ab_00001", 3), ("run_trial_ab_00011", 1)):
+        checkpoint = tmp_path / run / "checkpoint_x"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "state.json").write_text(json.dumps({"epoch": epoch, "history": [_epoch(epoch, 0.9)]}))
+        (tmp_path / run / "checkpoint_manager_snapshot.json").write_text(
+            json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_x"}}))
+    runs = _train_runs(str(tmp_path))
+    found, history = _checkpointed_history(runs, "run_trial_ab_00001_1_model.dropout=0.1_2026-12-06")
+    assert found == f"{tmp_path}/run_trial_ab_00001/checkpoint_x" and history[0]["epoch"] == 3
+    assert _checkpointed_history(runs, "run_trial_ab_00002_2_x") == (None, [])
+    (tmp_path / "run_trial_ab_00011" / "checkpoint_manager_snapshot.json").write_text("{not json")
+    assert _checkpointed_history(runs, "run_trial_ab_00011_3_x") == (None, [])
+    assert _train_runs(str(tmp_path / "missing")) == {}
