@@ -398,12 +398,16 @@ def request_bodies() -> dict[str, str]:
 
 
 def run_rounds(starters: dict[str, Callable[[int], subprocess.Popen]], checks: dict[str, Any],
-               bodies: dict[str, str], seconds: int, rounds: int,
-               work: Path) -> dict[str, dict[str, dict[str, float]]]:
+               bodies: dict[str, str], seconds: int, rounds: int, work: Path,
+               per_round: dict[str, list[dict[str, dict[str, float]]]] | None = None,
+               ) -> dict[str, dict[str, dict[str, float]]]:
     """Each server ``rounds`` times, in alternating order (this VM's speed drifts by tens of percent
-    between minutes; a ratio of measurements taken side by side is what we trust); the mean."""
+    between minutes; a ratio of measurements taken side by side is what we trust); the mean.
+    ``per_round``, if given, gets every round's figures by server."""
     names = list(starters)
     runs: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in names}
+    if per_round is not None:
+        per_round.update(runs)  # the same lists, filled below
     for round_number in range(rounds):
         for name in names if round_number % 2 == 0 else names[::-1]:
             runs[name].append(measure(starters[name], bodies["one"], bodies["many"], seconds, work,
@@ -412,6 +416,20 @@ def run_rounds(starters: dict[str, Callable[[int], subprocess.Popen]], checks: d
             print(f"round {round_number + 1} {name}: {r['one']['rps']:.0f} req/s 1-row, "
                   f"{r['many']['rps'] * 64:.0f} rows/s 64-row", flush=True)
     return {name: _mean(r) for name, r in runs.items()}
+
+
+def _paired(runs: dict[str, list[dict[str, dict[str, float]]]], name: str, size: str,
+            against: str = "ours") -> list[float]:
+    return [a[size]["rps"] / b[size]["rps"] for a, b in zip(runs[name], runs[against], strict=True)]
+
+
+def paired_ratios(runs: dict[str, list[dict[str, dict[str, float]]]], name: str, size: str,
+                  against: str = "ours") -> str:
+    """``name``'s throughput over ``against``'s, round by round (each round measures both side by
+    side, so drift between rounds cancels): the median and the spread, then every round's."""
+    ratios = _paired(runs, name, size, against)
+    return (f"median {float(np.median(ratios)):.3f}x (min {min(ratios):.3f}, max {max(ratios):.3f}; "
+            f"rounds: {', '.join(f'{r:.3f}' for r in ratios)})")
 
 
 def print_table(results: dict[str, dict[str, dict[str, float]]], width: int = 16) -> None:
@@ -494,8 +512,9 @@ def main() -> None:
             starters["ours_capture_all"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
                                                                 edit=capture_everything)
         check = answers_match(expected, bodies)
+        runs: dict[str, list[dict[str, dict[str, float]]]] = {}
         results = run_rounds(starters, {name: check for name in starters}, bodies, args.seconds,
-                             args.rounds, work)
+                             args.rounds, work, per_round=runs)
     print_table(results)
     if kserve_problem:
         print(f"kserve: not measured: {kserve_problem}")
@@ -504,11 +523,15 @@ def main() -> None:
         audited = results["ours_audit_all"]
         print(f"audit at 100%: {audited['one']['rps'] / ours['one']['rps']:.3f}x single-row req/s, "
               f"{audited['many']['rps'] / ours['many']['rps']:.3f}x 64-row req/s of the shipped 1% sampling")
+        print(f"  audit, single-row, round by round: {paired_ratios(runs, 'ours_audit_all', 'one')}")
+        print(f"  audit, 64-row, round by round: {paired_ratios(runs, 'ours_audit_all', 'many')}")
     if args.capture:
         captured = results["ours_capture_all"]
         print(f"capture at 100%: {captured['one']['rps'] / ours['one']['rps']:.3f}x single-row req/s, "
               f"{captured['many']['rps'] / ours['many']['rps']:.3f}x 64-row req/s of no capture "
               f"(goal >= 0.95)")
+        print(f"  capture, single-row, round by round: {paired_ratios(runs, 'ours_capture_all', 'one')}")
+        print(f"  capture, 64-row, round by round: {paired_ratios(runs, 'ours_capture_all', 'many')}")
     peers = {name: r for name, r in results.items() if name in ("baseline", "tuned_fastapi", "kserve")}
     line = (f"RESULT rps={ours['one']['rps']:.0f} rows_per_s={ours['many']['rps'] * 64:.0f} "
             f"p99_ms={ours['one']['p99']:.1f}")
@@ -527,11 +550,15 @@ def main() -> None:
                  f" rows_vs_base={ours['many']['rps'] / base['many']['rps']:.2f}")
     if args.audit:
         line += (f" audit_rps_ratio={results['ours_audit_all']['one']['rps'] / ours['one']['rps']:.3f}"
-                 f" audit_rows_ratio={results['ours_audit_all']['many']['rps'] / ours['many']['rps']:.3f}")
+                 f" audit_rows_ratio={results['ours_audit_all']['many']['rps'] / ours['many']['rps']:.3f}"
+                 f" audit_rps_median={np.median(_paired(runs, 'ours_audit_all', 'one')):.3f}"
+                 f" audit_rows_median={np.median(_paired(runs, 'ours_audit_all', 'many')):.3f}")
     if args.capture:
         captured = results["ours_capture_all"]
         line += (f" capture_rps_ratio={captured['one']['rps'] / ours['one']['rps']:.3f}"
-                 f" capture_rows_ratio={captured['many']['rps'] / ours['many']['rps']:.3f}")
+                 f" capture_rows_ratio={captured['many']['rps'] / ours['many']['rps']:.3f}"
+                 f" capture_rps_median={np.median(_paired(runs, 'ours_capture_all', 'one')):.3f}"
+                 f" capture_rows_median={np.median(_paired(runs, 'ours_capture_all', 'many')):.3f}")
     print(line)
 
 

@@ -176,9 +176,12 @@ class Dataplane:
 
     @staticmethod
     def _key_id(request: Request) -> str | None:
-        """The authorised key's id; for a refused request, the id its key claimed."""
-        if hasattr(request.state, "key_id"):
-            return request.state.key_id
+        """The authorised key's id; for a refused request, the id its key claimed. (Read from the
+        dict ``request.state`` keeps in the scope: ``hasattr(request.state, ...)`` costs an
+        exception per request, and this runs for every audited prediction.)"""
+        state = request.scope.get("state") or {}
+        if "key_id" in state:
+            return state["key_id"]
         return claimed_key_id(request.headers)
 
     async def _infer(self, request: Request, name: str, protocol: ApiProtocol, version: str | None,
