@@ -33,7 +33,8 @@ def _wait_until_still(directory: Path, quiet_s: float = 3, timeout_s: float = 60
     """Until nothing under ``directory`` has changed for ``quiet_s``: the driver is gone, but its
     trials' training processes end a moment later."""
     def state() -> list[tuple[str, int, float]]:
-        return sorted((str(p), p.stat().st_size, p.stat().st_mtime) for p in directory.rglob("*") if p.is_file())
+        files = (p for p in directory.rglob("*") if p.is_file())
+        return sorted((str(p), p.stat().st_size, p.stat().st_mtime) for p in files)
 
     deadline, last, since = time.time() + timeout_s, state(), time.time()
     while time.time() - since < quiet_s:
