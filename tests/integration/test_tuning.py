@@ -33,8 +33,14 @@ def _wait_until_still(directory: Path, quiet_s: float = 3, timeout_s: float = 60
     """Until nothing under ``directory`` has changed for ``quiet_s``: the driver is gone, but its
     trials' training processes end a moment later."""
     def state() -> list[tuple[str, int, float]]:
-        files = (p for p in directory.rglob("*") if p.is_file())
-        return sorted((str(p), p.stat().st_size, p.stat().st_mtime) for p in files)
+        seen = []
+        for path in directory.rglob("*"):
+            try:  # a temporary file may be renamed away between listing and stat
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            seen.append((str(path), info.st_size, info.st_mtime))
+        return sorted(seen)
 
     deadline, last, since = time.time() + timeout_s, state(), time.time()
     while time.time() - since < quiet_s:
