@@ -276,12 +276,9 @@ def registered_epochs(version: Any) -> list[int]:
 
 def progress(cluster: LocalCluster, run: str, rank: int) -> list[dict[str, Any]]:
     """What rank ``rank`` of a run reported, an epoch a line (pid, epoch, ...)."""
-    import json
+    from maas.training import read_progress
 
-    path = Path(cluster.env["MAAS_STORAGE"]) / run / "workers" / f"progress-rank-{rank}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_progress(f"{cluster.env['MAAS_STORAGE']}/{run}", rank)
 
 
 def node_of(cluster: LocalCluster, pid: int) -> str:

@@ -44,9 +44,10 @@ def latest_checkpoint(run_uri: str) -> str | None:
 _START_OVER = "restore it from a backup, or start a new run (another run.name, without --resume)"
 
 
-def check_resumable(run_uri: str, model_file: str, state_file: str) -> dict[str, Any] | None:
-    """The latest checkpoint's state (``{"epoch": ...}``), or None when the run has none yet;
-    ``CheckpointError`` naming the directory when it is gone or a file in it is damaged."""
+def checkpoint_state(run_uri: str, state_file: str) -> tuple[str, dict[str, Any]] | None:
+    """The run's latest checkpoint and the training state saved in it (``{"epoch": ...,
+    "history": [...]}``), or None when the run has none yet; ``CheckpointError`` naming the
+    directory when it is gone or its state file is missing or damaged."""
     checkpoint = latest_checkpoint(run_uri)
     if checkpoint is None:
         return None
@@ -58,6 +59,17 @@ def check_resumable(run_uri: str, model_file: str, state_file: str) -> dict[str,
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"cannot resume: {state_file} in the run's latest checkpoint "
                               f"{checkpoint} is damaged (not a training state); {_START_OVER}") from None
+    return checkpoint, parsed
+
+
+def check_resumable(run_uri: str, model_file: str, state_file: str) -> dict[str, Any] | None:
+    """The latest checkpoint's state (``{"epoch": ...}``), or None when the run has none yet;
+    ``CheckpointError`` naming the directory when it is gone or a file in it is damaged."""
+    found = checkpoint_state(run_uri, state_file)
+    if found is None:
+        return None
+    checkpoint, parsed = found
+    fs, path = filesystem_for(checkpoint)
     model = _read(fs, path, model_file, checkpoint)
     if not _is_whole_zip(model):
         raise CheckpointError(f"cannot resume: {model_file} in the run's latest checkpoint "

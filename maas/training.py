@@ -444,6 +444,18 @@ def _make_report_callback(setup: WorkerSetup, times: FitTimes) -> Any:
     return ReportCallback()
 
 
+def read_progress(run_dir: str, rank: int) -> list[dict[str, Any]]:
+    """What ``_append_progress`` recorded for rank ``rank`` of the run in ``run_dir``: every epoch
+    it finished, over all the run's attempts, in order (pid, epoch, time); [] before the first."""
+    fs, path = filesystem_for(run_dir)
+    try:
+        with fs.open_input_stream(f"{path}/{WORKERS_DIR}/progress-rank-{rank}.jsonl") as stream:
+            text = stream.read().decode()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def _append_progress(run_dir: str, rank: int, record: dict[str, Any]) -> None:
     """One line per rank per epoch beside the checkpoints: which process trained which epoch."""
     fs, path = filesystem_for(run_dir)

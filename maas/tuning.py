@@ -236,9 +236,10 @@ def summarise(result_grid: Any, search: SearchSection, epochs: int,
     runs = _train_runs(runs_root) if runs_root else {}
     rows = []
     for result in result_grid:
-        checkpoint, saved = _checkpointed_history(runs, Path(result.path).name)
+        trial = Path(result.path).name
+        checkpoint, saved = _checkpointed_history(runs, trial)
         rows.append(trial_row(
-            trial=Path(result.path).name, params=dict(result.config or {}),
+            trial=trial, params=dict(result.config or {}),
             tune_records=_frame_records(result.metrics_dataframe),
             tune_checkpoint=(result.metrics or {}).get("checkpoint_path"),
             saved_history=saved, saved_checkpoint=checkpoint,
@@ -314,22 +315,19 @@ def _train_runs(runs_root: str) -> dict[str, str]:
 def _checkpointed_history(runs: dict[str, str], trial_dir: str) -> tuple[str | None, list[dict[str, Any]]]:
     """The latest checkpoint of a trial's Train run and the history saved in it. Tune names a
     trial's directory ``<trial name>_<tag>_<time>``, so the run is the one named by its prefix."""
-    import json
-
-    from maas.resume import CheckpointError, latest_checkpoint
+    from maas.resume import CheckpointError, checkpoint_state
     from maas.training import STATE_FILE
 
     run = next((uri for name, uri in runs.items() if trial_dir.startswith(f"{name}_")), None)
     try:
-        checkpoint = latest_checkpoint(run) if run else None
-        if checkpoint is None:
-            return None, []
-        fs, path = filesystem_for(checkpoint)
-        with fs.open_input_stream(f"{path}/{STATE_FILE}") as stream:
-            history = json.loads(stream.read()).get("history", [])
-    except (CheckpointError, FileNotFoundError, ValueError, AttributeError):
+        found = checkpoint_state(run, STATE_FILE) if run else None
+    except CheckpointError:
+        found = None
+    if found is None:
         return None, []  # no usable checkpoint: Tune's record is all there is
-    return checkpoint, [r for r in history if isinstance(r, dict)]
+    checkpoint, state = found
+    history = state.get("history", [])
+    return checkpoint, [r for r in history if isinstance(r, dict)] if isinstance(history, list) else []
 
 
 def _cell(value: Any) -> Any:

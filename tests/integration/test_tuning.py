@@ -1,7 +1,6 @@
 """A real sweep (each trial a Ray Train run) interrupted with Ctrl-C, then resumed with --resume."""
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -24,8 +23,9 @@ def _any_epoch_checkpointed(sweep: Path) -> bool:
 def _checkpointed_epochs(sweep: Path) -> dict[str, int]:
     """Each trial's Train run: the epoch of its latest checkpoint (0: none yet)."""
     from maas.resume import check_resumable
+    from maas.training import MODEL_FILE, STATE_FILE
 
-    return {run.name: int((check_resumable(str(run), "model.keras", "state.json") or {"epoch": 0})["epoch"])
+    return {run.name: int((check_resumable(str(run), MODEL_FILE, STATE_FILE) or {"epoch": 0})["epoch"])
             for run in (sweep / "trials").iterdir()}
 
 
@@ -53,10 +53,9 @@ def _wait_until_still(directory: Path, quiet_s: float = 3, timeout_s: float = 60
 
 def _trained_epochs(sweep: Path, run: str) -> list[int]:
     """Every epoch rank 0 of a trial's Train run finished, in order, over all its attempts."""
-    path = sweep / "trials" / run / "workers" / "progress-rank-0.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line)["epoch"] for line in path.read_text().splitlines() if line.strip()]
+    from maas.training import read_progress
+
+    return [line["epoch"] for line in read_progress(str(sweep / "trials" / run), 0)]
 
 
 def test_interrupted_sweep_resumes_and_registers_the_best(ray_cluster, workspace) -> None:

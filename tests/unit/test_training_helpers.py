@@ -144,3 +144,14 @@ def test_cli_prints_user_errors_and_lets_bugs_keep_their_traceback(monkeypatch, 
     monkeypatch.setattr(tune.cli, "load_tune_config", bug)
     with pytest.raises(ValueError, match="a bug"):
         tune.cli.main(["--config", "configs/tune/smoke.yaml"])
+
+
+def test_progress_lines_read_back_in_the_order_they_were_written(tmp_path) -> None:
+    from maas.training import _append_progress, read_progress
+
+    assert read_progress(str(tmp_path / "run"), 0) == []  # before the first epoch
+    for epoch in (1, 2, 2):  # epoch 2 trained again after a restart
+        _append_progress(str(tmp_path / "run"), 0, {"epoch": epoch, "pid": 10 + epoch})
+    _append_progress(str(tmp_path / "run"), 1, {"epoch": 1, "pid": 99})
+    assert [r["epoch"] for r in read_progress(str(tmp_path / "run"), 0)] == [1, 2, 2]
+    assert read_progress(str(tmp_path / "run"), 1) == [{"epoch": 1, "pid": 99}]
