@@ -50,7 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     score.add_argument("--format", default=None, help="parquet or csv (default: from --input's suffix)")
     score.add_argument("--keep", default="", help="comma-separated input columns copied to the output (ids)")
     score.add_argument("--actors", type=int, default=None, help="model-holding actors (default: CPUs - 1)")
-    score.add_argument("--batch-size", type=int, default=4096, help="rows per model call")
+    score.add_argument("--batch-size", type=int, default=None,
+                       help="rows per model call (default: about 8 MiB of input per call)")
     score.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, the "
                                                        "running cluster, or a new local one)")
     audit = groups.add_parser("audit", help="the audit trail beside the registry").add_subparsers(

@@ -39,7 +39,9 @@ def test_score_writes_each_rows_prediction_probabilities_and_version(trained, ti
                      "--actors", "2", "--batch-size", "50"])
     assert code == 0, capsys.readouterr().err
     assert f"scored 300 rows with digits_mlp version {version}" in capsys.readouterr().out
-    scored = pq.read_table(out).to_pandas().sort_values("row_id")
+    written = pq.read_table(out)
+    assert written.schema.field("prediction").type == pa.string()
+    scored = written.to_pandas().sort_values("row_id")
     assert scored["row_id"].tolist() == list(range(1000, 1300))
     assert set(scored["model_version"]) == {version}
     expected = LoadedModel.from_registry(tiny_job.registry.root, "digits_mlp", version).predict(images)

@@ -9,7 +9,15 @@ import pytest
 
 from maas.data import DataSchema
 from maas.errors import ConfigError, DataError
-from maas.scoring import Features, feature_columns, first_bad_row, input_format, rows_to_input, scored_columns
+from maas.scoring import (
+    Features,
+    auto_batch_size,
+    feature_columns,
+    first_bad_row,
+    input_format,
+    rows_to_input,
+    scored_columns,
+)
 
 IMAGE = DataSchema(input_shape=(2, 2), classes=[0, 1, 2])
 TABULAR = DataSchema(input_shape=(2,), classes=["no", "yes"], feature_names=["age", "income"])
@@ -70,3 +78,14 @@ def test_the_format_comes_from_the_suffix_or_the_flag() -> None:
     assert input_format("some/dir") == "parquet" and input_format("x.txt", "csv") == "csv"
     with pytest.raises(ConfigError, match="cannot tell its format"):
         input_format("rows.json")
+
+
+def test_the_default_batch_holds_about_eight_mib_of_input_within_bounds() -> None:
+    digits = Features(tuple(f"p{i}" for i in range(64)), (8, 8))
+    cifar = Features(tuple(f"p{i}" for i in range(3072)), (32, 32, 3))
+    one_column = Features(("x",), (1,))
+    assert auto_batch_size(digits) == 32768  # 64 float32 per row
+    assert auto_batch_size(cifar) == (8 << 20) // (3072 * 4)
+    assert auto_batch_size(one_column) == 65536  # the upper bound
+    assert auto_batch_size(Features(tuple(f"c{i}" for i in range(50000)), (50000,))) == 64  # the lower
+    assert auto_batch_size(Features(("review",), (), text=True)) == 32768
