@@ -66,7 +66,8 @@ def shares(collapsed: str) -> tuple[int, dict[str, float]]:
     return total, {kind: counts[kind] / max(total, 1) for kind in KINDS}
 
 
-def profile(variant: str, root: str, work: Path, body: str, seconds: int, rate: int) -> dict[str, float]:
+def profile(variant: str, root: str, work: Path, body: str, seconds: int, rate: int,
+            native: bool = False) -> dict[str, float]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     port = serve_load.free_port()
     server = serve_load.start_ours(root, port, work, True, 0, EDITS[variant])
@@ -77,7 +78,7 @@ def profile(variant: str, root: str, work: Path, body: str, seconds: int, rate: 
         out = work / f"{variant}.txt"
         sampler = subprocess.Popen([spy, "record", "--pid", str(replica_pid(server)), "--duration",
                                     str(max(1, seconds - 2)), "--rate", str(rate), "--format", "raw",
-                                    "--nonblocking", "-o", str(out)],
+                                    *(["--native"] if native else ["--nonblocking"]), "-o", str(out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         load = serve_load.run_wrk(url, body, seconds, work, server.pid)
         _, error = sampler.communicate(timeout=60)
@@ -98,6 +99,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, choices=(1, 64), default=1, help="rows a request")
     parser.add_argument("--seconds", type=int, default=12)
     parser.add_argument("--rate", type=int, default=400, help="py-spy samples a second")
+    parser.add_argument("--native", action="store_true",
+                        help="C frames too (the garbage collector, the allocator); pauses the replica at "
+                             "each sample, so its requests/s read low: compare shares, not speed")
     parser.add_argument("--keep", type=Path, help="a folder for each variant's collapsed stacks")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -109,7 +113,7 @@ def main() -> None:
         root = f"{tmp}/registry"
         serve_load.publish_model(root)
         for variant in args.variants:
-            results[variant] = profile(variant, root, work, body, args.seconds, args.rate)
+            results[variant] = profile(variant, root, work, body, args.seconds, args.rate, args.native)
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(results[variant]["stacks"], args.keep / f"{variant}-{args.rows}row.txt")

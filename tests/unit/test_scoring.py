@@ -66,6 +66,7 @@ def test_rows_become_the_models_input_and_outputs_carry_label_probabilities_and_
              "p2": np.array([5, 6]), "p3": np.array([7, 8])}
     x = rows_to_input(batch, Features(("p0", "p1", "p2", "p3"), (2, 2)))
     assert x.dtype == np.float32 and x.shape == (2, 2, 2) and x[1].tolist() == [[2, 4], [6, 8]]
+    assert x.flags.c_contiguous  # what the runtimes take without another copy
     probabilities = np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]], np.float32)
     out = scored_columns(batch, probabilities, [0, 1, 2], 5, keep=("id",))
     assert out["id"].tolist() == [7, 8] and out["prediction"].tolist() == ["1", "0"]
