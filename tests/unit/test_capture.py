@@ -18,6 +18,7 @@ import pytest
 from maas.capture import (
     Sample,
     file_name,
+    float_columns,
     hour_of,
     iso,
     list_files,
@@ -412,6 +413,28 @@ def test_text_and_table_models_are_captured_as_strings(tmp_path: Path) -> None:
     assert got.inputs == ["so good", "bad"] and got.predicted.tolist() == [1, 0]
     got = read_captured(str(tmp_path), "tab", since, until)
     assert got.inputs == [["41.0", "x"], ["nan", "y"]]
+
+
+def test_float_values_are_byte_stream_split_and_zstd_compressed_text_is_not(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    image = DataSchema(input_shape=(2,), classes=["a", "b"])
+    inputs, outputs = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), np.array([[0.1, 0.9], [0.8, 0.2]])
+    samples = [Sample(1e9, "r", LoadedModel("m", 1, image, None, {}), "v1", "default", inputs, outputs, 0.0)]
+    [(path, _, _)] = write_samples(str(tmp_path), "m", samples, "w", Seq())
+    table = pq.read_table(path)
+    assert float_columns(table) == ["latency_ms", "input.list.element", "output.list.element"]
+    assert np.array_equal(np.stack(table["input"].to_numpy(zero_copy_only=False)), inputs)
+    metadata = pq.ParquetFile(path).metadata.row_group(0)
+    chunks = {metadata.column(i).path_in_schema: metadata.column(i) for i in range(metadata.num_columns)}
+    for name in ("input.list.element", "output.list.element", "latency_ms"):
+        assert "BYTE_STREAM_SPLIT" in chunks[name].encodings and chunks[name].compression == "ZSTD"
+    assert "BYTE_STREAM_SPLIT" not in chunks["request_id"].encodings  # text: never split
+    text = DataSchema(input_shape=(), classes=["negative", "positive"], dtype="string")
+    strings = [Sample(1e9, "t", LoadedModel("t", 1, text, None, {}), "v1", "default", np.array(["ok"]),
+                      np.array([[0.1, 0.9]], np.float32), 0.0)]
+    [(path, _, _)] = write_samples(str(tmp_path), "t", strings, "w", Seq())
+    assert "input.list.element" not in float_columns(pq.read_table(path))
 
 
 def test_file_names_sort_by_write_time() -> None:
