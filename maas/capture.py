@@ -44,8 +44,10 @@ WRITTEN_FORMAT = "%Y%m%dT%H%M%S%fZ"
 # outputs took most of a write's time. Min/max statistics only where a reader filters (time, ids,
 # the answer): on the input and output lists they cost a tenth of a write and serve no query.
 # zstd at level 1 over byte-stream-split floats (each float's bytes regrouped by position, which
-# compresses where feature values repeat): 64,000 digits rows of 64 inputs wrote in 71 ms and 4.9 MB
-# against snappy's 85 ms and 10.2 MB (``float_columns`` names the float lists it applies to).
+# compresses where feature values repeat): a flush of 64,000 digits rows (1,000 requests of 64) is
+# half the size of snappy's, 3.9 MB against 7.8 MB, in about the same time, 81-84 ms against 82-84
+# ms (bench/capture_write.py). Most of a write is the list encoding itself: uncompressed, 68 ms.
+# ``float_columns`` names the float lists it applies to.
 WRITE_OPTIONS = {"use_dictionary": ["protocol", "route", "predicted_class", "label.list.element"],
                  "write_statistics": ["request_id", "row", "rows", "time", "protocol", "route",
                                       "latency_ms", "predicted", "predicted_class"],
