@@ -33,10 +33,13 @@ from maas.storage import is_uri
 FORMATS = ("parquet", "csv")
 
 # Rows per model call when --batch-size is not given: as many as make about this much input (the
-# digits MLP: 32,768 rows; a CIFAR image model: 682). Measured on the digits MLP, 1M rows, 2 cores:
-# 4,096-row batches 8.8 s, 32,768-row batches 7.2-7.5 s; past that Ray Data's blocks, not the
-# per-call cost, set the pace (bench/results/score_throughput.txt).
+# digits MLP: 32,768 rows; a CIFAR image model: 682). Measured on the digits MLP's ONNX variant, 1M
+# rows, 2 cores (bench/score_throughput.py --runtime onnxruntime [--batch-size 4096]): 4,096-row
+# batches 8.8 s, 32,768-row batches 7.2-7.5 s (bench/results/score_throughput.txt). A text cell
+# counts as 2 KiB, which keeps text models at 4,096 rows a call: an LSTM's activations, not its
+# input, are what grows with the batch there.
 BATCH_INPUT_BYTES = 8 << 20
+TEXT_CELL_BYTES = 2048
 BATCH_ROWS_RANGE = (64, 65536)
 
 
@@ -164,9 +167,9 @@ def first_bad_row(batches: Any, features: Features) -> str | None:
 
 def auto_batch_size(features: Features) -> int:
     """Rows per model call: about ``BATCH_INPUT_BYTES`` of float32 input (a text cell counts as
-    256 bytes), within ``BATCH_ROWS_RANGE``."""
-    per_row = 256 if features.text else 4 * max(1, math.prod(features.shape) if features.shape else
-                                                 len(features.columns))
+    ``TEXT_CELL_BYTES``), within ``BATCH_ROWS_RANGE``."""
+    per_row = TEXT_CELL_BYTES if features.text else 4 * max(1, math.prod(features.shape) if features.shape
+                                                             else len(features.columns))
     low, high = BATCH_ROWS_RANGE
     return max(low, min(high, BATCH_INPUT_BYTES // per_row))
 
