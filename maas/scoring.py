@@ -264,6 +264,22 @@ def score(root: str, ref: str, input_path: str, output_path: str, actors: int | 
                         actors)
 
 
+def pool_size(requested: int | None, cpus: int) -> int:
+    """Model-holding actors for a cluster of ``cpus`` CPUs: the requested count, or all CPUs but
+    one. One CPU stays free for Ray Data's read and write tasks: with every CPU held by an actor
+    they are never scheduled and the job waits forever (seen on a 2-CPU machine), so a request
+    that leaves none is refused before anything starts."""
+    if requested is None:
+        return max(1, cpus - 1)
+    if requested < 1:
+        raise ConfigError(f"--actors {requested}: expected at least 1")
+    if cpus > 1 and requested >= cpus:
+        raise ConfigError(f"--actors {requested}: the cluster has {cpus} CPUs and Ray Data's read and "
+                          f"write tasks need one that no actor holds (the job would wait forever); "
+                          f"use at most {cpus - 1}")
+    return requested
+
+
 def _run(root: str, name: str, version: int, features: Features, keep: tuple[str, ...], input_path: str,
          output_path: str, fmt: str, actors: int | None, batch_size: int,
          address: str | None) -> tuple[int, int]:
@@ -273,9 +289,7 @@ def _run(root: str, name: str, version: int, features: Features, keep: tuple[str
     from maas.raycluster import init_ray
 
     init_ray(address, logging_level="ERROR")
-    # one CPU stays free for Ray Data's read and write tasks: with every CPU held by an actor
-    # they never get scheduled and the job waits forever (seen on a 2-CPU machine)
-    actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+    actors = pool_size(actors, int(ray.cluster_resources().get("CPU", 1)))
     read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_csv
     # at least a few blocks per actor, or one big file would feed a single actor
     scored = read(input_path, override_num_blocks=actors * 4).map_batches(

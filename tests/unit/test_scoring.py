@@ -15,6 +15,7 @@ from maas.scoring import (
     feature_columns,
     first_bad_row,
     input_format,
+    pool_size,
     rows_to_input,
     scored_columns,
 )
@@ -90,3 +91,12 @@ def test_the_default_batch_holds_about_eight_mib_of_input_within_bounds() -> Non
     assert auto_batch_size(one_column) == 65536  # the upper bound
     assert auto_batch_size(Features(tuple(f"c{i}" for i in range(50000)), (50000,))) == 64  # the lower
     assert auto_batch_size(Features(("review",), (), text=True)) == 4096  # as before: LSTMs grow
+
+
+def test_the_actor_pool_leaves_a_cpu_for_reads_and_writes() -> None:
+    assert pool_size(None, 4) == 3 and pool_size(None, 2) == 1 and pool_size(None, 1) == 1
+    assert pool_size(2, 4) == 2
+    with pytest.raises(ConfigError, match="--actors 2: the cluster has 2 CPUs .* use at most 1"):
+        pool_size(2, 2)
+    with pytest.raises(ConfigError, match="expected at least 1"):
+        pool_size(0, 4)
