@@ -168,8 +168,8 @@ def first_bad_row(batches: Any, features: Features) -> str | None:
 def auto_batch_size(features: Features) -> int:
     """Rows per model call: about ``BATCH_INPUT_BYTES`` of float32 input (a text cell counts as
     ``TEXT_CELL_BYTES``), within ``BATCH_ROWS_RANGE``."""
-    per_row = TEXT_CELL_BYTES if features.text else 4 * max(1, math.prod(features.shape) if features.shape
-                                                             else len(features.columns))
+    # a row's values are the product of its shape (an empty shape: one value, as math.prod gives)
+    per_row = TEXT_CELL_BYTES if features.text else 4 * max(1, math.prod(features.shape))
     low, high = BATCH_ROWS_RANGE
     return max(low, min(high, BATCH_INPUT_BYTES // per_row))
 
