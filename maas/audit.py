@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from maas.storage import filesystem_for, is_uri
+from maas.storage import files_for, filesystem_for, is_uri
 
 AUDIT_DIR = ".maas/audit"
 ROLLOUT_ACTIONS = ("rollout.promoted", "rollout.rolled_back")  # maas.serving.host: canary decisions
@@ -151,7 +151,7 @@ class AuditLog:
     def __init__(self, directory: str, writer: str | None = None):
         self.root = directory
         self.writer = writer or f"{socket.gethostname()}-{os.getpid()}"
-        self.fs, self.inner_root = filesystem_for(self.root)
+        self.fs, self.inner_root = files_for(self.root)
         self._lock = threading.Lock()
         self._day: str | None = None
         self._prev = GENESIS

@@ -29,11 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from maas.errors import IntegrityError, RegistryError, StorageError
+from maas.localfs import FileType, LocalFiles, list_entries
 from maas.schema import NAME_PATTERN as MODEL_NAME_PATTERN
-from maas.storage import absolute, is_uri
+from maas.storage import absolute, files_for, is_uri
 
 METADATA_FILE = "metadata.json"
 SERVED_FILE = "served.json"  # <root>/<name>/served.json: versions that loaded in a replica, newest first
@@ -107,7 +106,7 @@ def _sync_directory(path: Path) -> None:
 
 
 class Registry:
-    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None, signer: Any = None,
+    def __init__(self, root: str, filesystem: Any = None, signer: Any = None,
                  encryption_key: Any = None):
         """``signer`` (``maas.artifacts.signing.Signer``) signs every version published; by
         default the key named by ``$MAAS_SIGNING_KEY``, if set (else versions are unsigned).
@@ -119,11 +118,9 @@ class Registry:
         self._encryption_key = encryption_key
         if filesystem is not None:  # an explicit pyarrow filesystem (tests, custom credentials)
             self.fs, self.root = filesystem, root
-        elif is_uri(root):
-            self.fs, self.root = pafs.FileSystem.from_uri(root)
-        else:
-            self.fs, self.root = pafs.LocalFileSystem(), absolute(root)
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        else:  # a local root without pyarrow (maas.localfs): serving replicas stay lean
+            self.fs, self.root = files_for(absolute(root))
+        self.local = isinstance(self.fs, LocalFiles)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -131,13 +128,13 @@ class Registry:
         return "/".join([self.root.rstrip("/"), *parts])
 
     def _exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        return self.fs.get_file_info(path).type != FileType.NotFound
 
     def list_models(self) -> list[str]:
         if not self._exists(self.root):
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
-        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+        infos = list_entries(self.fs, self.root)
+        names = [i.base_name for i in infos if i.type == FileType.Directory]
         return sorted(n for n in names if NAME_PATTERN.match(n) and self.versions(n))
 
     def versions(self, name: str) -> list[int]:
@@ -152,9 +149,9 @@ class Registry:
         base = self._path(name, under) if under else self._path(name)
         if not self._exists(base):
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(base))
+        infos = list_entries(self.fs, base)
         return [int(i.base_name) for i in infos
-                if i.type == pafs.FileType.Directory and i.base_name.isdigit()]
+                if i.type == FileType.Directory and i.base_name.isdigit()]
 
     def _next_number(self, name: str) -> int:
         taken = self._numbered_dirs(name) + (self._numbered_dirs(name, CLAIMS_DIR) if self.local else [])
@@ -221,9 +218,9 @@ class Registry:
             raise IntegrityError(f"file '{path}' listed in the version's metadata is missing") from None
 
     def _read_remote_tree(self, uri: str) -> dict[str, bytes]:
-        infos = self.fs.get_file_info(pafs.FileSelector(uri, recursive=True))
+        infos = list_entries(self.fs, uri, recursive=True)
         return {i.path[len(uri) + 1:]: self._read_file(i.path) for i in infos
-                if i.type == pafs.FileType.File and i.base_name != METADATA_FILE}
+                if i.type == FileType.File and i.base_name != METADATA_FILE}
 
     def fetch(self, model: ModelVersion, destination: str | Path | None = None) -> Path:
         """A local directory holding the version's files, checked against its content hash."""
@@ -232,8 +229,7 @@ class Registry:
         else:
             local = Path(destination or tempfile.mkdtemp(prefix=f"maas-{model.name}-{model.version}-"))
             local.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(model.uri, str(local), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            self._download(model.uri, local)
         actual = hash_directory(local)
         if actual != model.content_hash:
             raise IntegrityError(
@@ -241,6 +237,15 @@ class Registry:
                 f"check: files hash to {actual}, metadata records {model.content_hash}"
             )
         return local
+
+    def _download(self, uri: str, local: Path) -> None:
+        if isinstance(self.fs, LocalFiles):
+            self.fs.copy_tree(uri, str(local))
+            return
+        import pyarrow.fs as pafs
+
+        pafs.copy_files(uri, str(local), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
 
     # --- writing --------------------------------------------------------------------------
 
@@ -393,12 +398,12 @@ class Registry:
         one that holds. Unreadable files (half-written on an object store) are skipped."""
         base = self._path(validate_name(name), ROLLOUT_DIR, _plain(rollout_id))
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+            infos = list_entries(self.fs, base, allow_not_found=True)
         except FileNotFoundError:
             return []
         found = []
         for info in infos:
-            if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):
+            if info.type != FileType.File or not info.base_name.endswith(".json"):
                 continue
             try:
                 with self.fs.open_input_stream(info.path) as stream:

@@ -17,6 +17,17 @@ def absolute(location: str) -> str:
     return location if is_uri(location) else str(Path(location).expanduser().resolve())
 
 
+def files_for(location: str) -> tuple[Any, str]:
+    """(filesystem, path inside it) for small-file reads and writes (registry, keys, audit): a
+    local path gets ``maas.localfs.LocalFiles``, which needs no pyarrow (serving replicas stay
+    lean); a URI gets pyarrow's filesystem for it."""
+    if is_uri(location):
+        return filesystem_for(location)
+    from maas.localfs import LocalFiles
+
+    return LocalFiles(), location
+
+
 def filesystem_for(location: str) -> tuple[Any, str]:
     """(pyarrow filesystem, path inside it) for a local path or any filesystem URI."""
     import pyarrow.fs as pafs

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from maas.errors import ConfigError
-from maas.storage import filesystem_for, is_uri
+from maas.storage import files_for, is_uri
 
 Role = Literal["predict", "admin"]
 ROLES: tuple[str, ...] = ("predict", "admin")
@@ -63,7 +63,7 @@ class KeyFile:
 
     def __init__(self, path: str):
         self.path = path
-        self.fs, self.inner = filesystem_for(path)
+        self.fs, self.inner = files_for(path)
 
     def read(self) -> list[ApiKey]:
         try:
