@@ -1,8 +1,11 @@
 """``python -m optimize``: registered version -> variants (ONNX, int8 ONNX, SavedModel) -> each
 checked against the parent, measured on its test split and registered as a new version.
 
-Needs no Ray: run it anywhere the registry is reachable, or as ``ray job submit -- python -m
-optimize ...`` to run it on the cluster's head node.
+Needs no Ray for ONNX, int8, SavedModel and TFLite variants: run it anywhere the registry is
+reachable, or as ``ray job submit -- python -m optimize ...`` to run it on the cluster's head node.
+A ``pruned`` variant fine-tunes as a Ray Train run (``workers``, 1 by default; 0: in this process):
+it joins ``--address``, ``$RAY_ADDRESS``, the cluster of the job it runs in, or starts a local one,
+as ``python -m train`` does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", default=None, metavar="PATH.png",
                         help="also draw the trade-off (accuracy vs latency, size) as a PNG there")
     parser.add_argument("--check", action="store_true", help="validate the recipe and the model, then exit")
+    parser.add_argument("--address", default=None,
+                        help="Ray address for a pruned variant's training run (default: $RAY_ADDRESS, "
+                             "the job's cluster, or a local one)")
     return parser.parse_args(argv)
 
 
@@ -55,6 +61,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.check:
         return 0
     from maas.optimize.pipeline import format_table, run_recipe
+
+    if any(variant.kind == "pruned" and variant.workers for variant in recipe.variants):
+        from maas.raycluster import init_ray
+
+        init_ray(args.address)  # before any work: a named cluster that is down fails here
 
     outcome = run_recipe(registry, name, str(entry.version), recipe)
     print("\n" + format_table(outcome), flush=True)

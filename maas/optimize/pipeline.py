@@ -13,6 +13,7 @@ import numpy as np
 
 from maas.artifacts.savedmodel import METADATA_KEY as SAVED_MODEL_KEY
 from maas.artifacts.savedmodel import METHOD, SAVED_MODEL_FILE, SIGNATURE, export_checked
+from maas.config import default_storage_path
 from maas.data import Splits
 from maas.errors import MaasError, ModelError
 from maas.optimize.evaluate import KerasPredictor, Predictor, limit_tensorflow_threads, measure, top1
@@ -193,15 +194,23 @@ def _pruned(variant: PrunedVariant, parent: Parent, splits: Splits) -> Built:
     """Pruned while fine-tuned, stripped, then published like a trained version: a Keras file with
     its own checked SavedModel (the zeros are the variant, so the parent's would be wrong)."""
     from maas.optimize.prune import compressed_size, keras_bytes_of, prune_and_finetune
+    from maas.optimize.prune_train import PruneJob, prune_on_ray
 
-    training = (parent.version.metadata.get("config") or {}).get("training") or {}
-    optimizer = (parent.version.metadata.get("config") or {}).get("optimizer") or {}
-    pruned = prune_and_finetune(
-        parent.keras_bytes, KERAS_FILE, parent.what,
-        splits.x_train if splits.schema.string_input else np.asarray(splits.x_train, np.float32),
-        np.asarray(splits.y_train), variant.target_sparsity, variant.epochs,
-        variant.batch_size or int(training.get("batch_size", 64)),
-        variant.learning_rate or float(optimizer.get("learning_rate", 1e-3)) / 10, variant.seed)
+    config = parent.version.metadata.get("config") or {}
+    training, optimizer = config.get("training") or {}, config.get("optimizer") or {}
+    job = PruneJob(parent.keras_bytes, KERAS_FILE, parent.what, variant.target_sparsity, variant.epochs,
+                   variant.batch_size or int(training.get("batch_size", 64)),
+                   variant.learning_rate or float(optimizer.get("learning_rate", 1e-3)) / 10, variant.seed,
+                   variant.workers, variant.cpus_per_worker, variant.max_failures)
+    x_train = splits.x_train if splits.schema.string_input else np.asarray(splits.x_train, np.float32)
+    y_train = np.asarray(splits.y_train)
+    if variant.workers:  # a Ray Train run, stored where the parent's training runs were
+        storage = (config.get("run") or {}).get("storage_path") or default_storage_path()
+        pruned = prune_on_ray(job, x_train, y_train, storage)
+    else:
+        pruned = prune_and_finetune(job.keras_bytes, KERAS_FILE, job.what, x_train, y_train,
+                                    job.target_sparsity, job.epochs, job.batch_size, job.learning_rate,
+                                    job.seed)
     content = keras_bytes_of(pruned.model)
     export = export_checked(pruned.model, splits.x_val, f"{parent.what} (pruned)")
     artifact = {"format": "keras", "file": KERAS_FILE, "runtime": "tensorflow",

@@ -47,33 +47,55 @@ def tfmot() -> Any:
 def prune_and_finetune(keras_bytes: bytes, filename: str, what: str, x_train: np.ndarray,
                        y_train: np.ndarray, target_sparsity: float, epochs: int, batch_size: int,
                        learning_rate: float, seed: int) -> Pruned:
-    """A fresh copy of the parent (the caller's model stays untouched), pruned while fine-tuned."""
+    """In this process, without Ray (``workers: 0``): a fresh copy of the parent (the caller's
+    model stays untouched), pruned while fine-tuned, stripped. ``maas.optimize.prune_train`` does
+    the same as a Ray Train run."""
     from maas.artifacts.keras_loader import load_keras_bytes
-    from maas.tfkeras import keras, tensorflow
+    from maas.tfkeras import tensorflow
+
+    tensorflow().random.set_seed(seed)
+    steps = epochs * math.ceil(len(x_train) / batch_size)
+    wrapped, names = wrap_for_pruning(load_keras_bytes(keras_bytes, filename, what), what,
+                                      target_sparsity, steps)
+    compile_for_finetuning(wrapped, learning_rate)
+    wrapped.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+                callbacks=[tfmot().sparsity.keras.UpdatePruningStep()])
+    return strip(wrapped, names)
+
+
+def wrap_for_pruning(model: Any, what: str, target_sparsity: float,
+                     total_steps: int) -> tuple[Any, list[str]]:
+    """The model with its Dense/convolution layers wrapped by ``prune_low_magnitude`` (sparsity
+    from 0 to the target over the first 70% of ``total_steps``), and the wrapped layers' names.
+    Deterministic: every Ray Train rank and the driver build the same wrapped model."""
+    from maas.tfkeras import keras
 
     sparsity_api = tfmot().sparsity.keras
-    k, tf = keras(), tensorflow()
-    tf.random.set_seed(seed)
-    model = load_keras_bytes(keras_bytes, filename, what)
     names = [layer.name for layer in model.layers if type(layer).__name__ in PRUNABLE]
     if not names:
         raise ModelError(f"{what} has no Dense or convolution layer to prune ({', '.join(PRUNABLE)})")
-    steps = epochs * math.ceil(len(x_train) / batch_size)
     schedule = sparsity_api.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0,
-        end_step=max(1, int(steps * 0.7)), frequency=max(1, steps // 20))
+        end_step=max(1, int(total_steps * 0.7)), frequency=max(1, total_steps // 20))
 
     def wrap(layer: Any) -> Any:  # the same layer objects: the parent's trained weights carry over
         if layer.name in names:
             return sparsity_api.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer
 
-    wrapped = k.models.clone_model(model, clone_function=wrap)
-    wrapped.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate),
+    return keras().models.clone_model(model, clone_function=wrap), names
+
+
+def compile_for_finetuning(wrapped: Any, learning_rate: float) -> None:
+    from maas.tfkeras import keras
+
+    wrapped.compile(optimizer=keras().optimizers.Adam(learning_rate=learning_rate),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    wrapped.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
-                callbacks=[sparsity_api.UpdatePruningStep()])
-    stripped = sparsity_api.strip_pruning(wrapped)
+
+
+def strip(wrapped: Any, names: list[str]) -> Pruned:
+    """The plain Keras model inside the wrappers, and the share of zeros in its pruned kernels."""
+    stripped = tfmot().sparsity.keras.strip_pruning(wrapped)
     kernels = [layer.get_weights()[0] for layer in stripped.layers if layer.name in names]
     zeros = sum(int((w == 0).sum()) for w in kernels)
     return Pruned(stripped, zeros / max(1, sum(w.size for w in kernels)), names)

@@ -79,6 +79,16 @@ class PrunedVariant(_VariantBase):
     learning_rate: float | None = Field(
         None, gt=0, description="Default: a tenth of the parent's learning rate (Adam).")
     seed: int = Field(0, description="TensorFlow seed for the fine-tuning.")
+    workers: int = Field(
+        1, ge=0, le=256,
+        description="Ray Train workers for the fine-tuning, as a training run has them (data-parallel, "
+                    "MultiWorkerMirroredStrategy above 1, a checkpoint every epoch, restarted from the "
+                    "last one after a failure; the cluster is joined like `python -m train` does). 0: "
+                    "in the optimise process, without Ray.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves for each worker.")
+    max_failures: int = Field(
+        2, ge=0, description="Worker failures the Ray Train run survives, each restarting it from its "
+                             "last checkpoint.")
     min_agreement: float = Field(
         0.95, ge=0, le=1,
         description="Smallest top-1 agreement with the parent on the test split that may be published.")

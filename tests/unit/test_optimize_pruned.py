@@ -25,7 +25,10 @@ def pruned(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("pruned") / "registry")
     publish_digits(root, epochs=15)  # a parent worth pruning (test accuracy ~0.94)
     recipe = RecipeConfig.model_validate({
-        "variants": [{"kind": "pruned", "target_sparsity": 0.5, "epochs": 3, "min_agreement": 0.9}],
+        # workers 0: in this process (unit tests start no Ray); the Ray Train run, its checkpoints
+        # and a worker killed mid-run: tests/integration/test_optimize_pruning.py
+        "variants": [{"kind": "pruned", "target_sparsity": 0.5, "epochs": 3, "min_agreement": 0.9,
+                      "workers": 0}],
         "evaluation": FAST_EVALUATION})
     outcome = run_recipe(Registry(root), "digits_mlp", "1", recipe, **QUIET)
     return root, outcome
@@ -70,3 +73,31 @@ def test_without_tfmot_the_variant_is_refused_with_how_to_install(monkeypatch) -
     monkeypatch.setitem(sys.modules, "tensorflow_model_optimization", None)
     with pytest.raises(ConfigError, match="pip install --no-deps"):
         prune.tfmot()
+
+
+def test_a_checkpoints_weights_rebuild_the_same_stripped_model_on_the_driver(tmp_path) -> None:
+    """What the Ray Train run hands back (the wrapped model's weights, through an .npz checkpoint)
+    becomes, on the driver, exactly the model the ranks trained, stripped."""
+    from maas.config import DataConfig
+    from maas.data import load_dataset
+    from maas.optimize.prune import compile_for_finetuning, strip, tfmot, wrap_for_pruning
+    from maas.optimize.prune_train import WEIGHTS_FILE, PruneJob, _read_weights, strip_weights
+
+    root = str(tmp_path / "registry")
+    publish_digits(root, epochs=2)
+    content = Registry(root).read_verified(Registry(root).get("digits_mlp", 1), None)["model.keras"]
+    splits = load_dataset(DataConfig(source="digits"))
+    x, y = np.asarray(splits.x_train, np.float32), np.asarray(splits.y_train)
+    job = PruneJob(content, "model.keras", "parent", 0.5, 2, 64, 1e-4, 0, 1, 1, 0)
+    parent = load_keras_bytes(content, "model.keras", "parent")
+    wrapped, names = wrap_for_pruning(parent, "parent", 0.5, job.epochs * job.steps_per_epoch(len(x)))
+    compile_for_finetuning(wrapped, job.learning_rate)
+    wrapped.fit(x, y, batch_size=64, epochs=2, verbose=0,
+                callbacks=[tfmot().sparsity.keras.UpdatePruningStep()])
+    np.savez(tmp_path / WEIGHTS_FILE, *wrapped.get_weights())
+    rebuilt = strip_weights(job, _read_weights(tmp_path), len(x))
+    trained = strip(wrapped, names)
+    assert rebuilt.sparsity == pytest.approx(trained.sparsity)
+    assert rebuilt.sparsity == pytest.approx(0.5, abs=0.02)
+    for ours, theirs in zip(_kernels(rebuilt.model), _kernels(trained.model), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
