@@ -5,7 +5,6 @@ parent."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -15,14 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.integration.test_fault_tolerance import _progress  # one reader of progress records
+
 pytestmark = pytest.mark.integration
 EPOCHS = 5
-
-
-def _progress(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _kill_rank_1_after_epoch(runs: Path, epoch: int, seen: dict, timeout: float = 300) -> None:
