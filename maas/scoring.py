@@ -268,16 +268,27 @@ def pool_size(requested: int | None, cpus: int) -> int:
     """Model-holding actors for a cluster of ``cpus`` CPUs: the requested count, or all CPUs but
     one. One CPU stays free for Ray Data's read and write tasks: with every CPU held by an actor
     they are never scheduled and the job waits forever (seen on a 2-CPU machine), so a request
-    that leaves none is refused before anything starts."""
+    that leaves none is refused before anything starts. A 1-CPU cluster gets one actor that
+    holds no CPU (``actor_cpus``)."""
     if requested is None:
         return max(1, cpus - 1)
     if requested < 1:
         raise ConfigError(f"--actors {requested}: expected at least 1")
+    if cpus <= 1 and requested > 1:
+        raise ConfigError(f"--actors {requested}: the cluster has {cpus} CPU, which runs one actor "
+                          f"beside Ray Data's read and write tasks; use 1")
     if cpus > 1 and requested >= cpus:
         raise ConfigError(f"--actors {requested}: the cluster has {cpus} CPUs and Ray Data's read and "
                           f"write tasks need one that no actor holds (the job would wait forever); "
                           f"use at most {cpus - 1}")
     return requested
+
+
+def actor_cpus(cpus: int) -> float:
+    """CPUs each model-holding actor reserves: one, except on a 1-CPU cluster, where an actor that
+    held it would leave Ray Data's read task unscheduled forever (seen: the job hung until
+    killed); there the one actor reserves none and shares the CPU with the reads and writes."""
+    return 1.0 if cpus > 1 else 0.0
 
 
 def _run(root: str, name: str, version: int, features: Features, keep: tuple[str, ...], input_path: str,
@@ -289,12 +300,13 @@ def _run(root: str, name: str, version: int, features: Features, keep: tuple[str
     from maas.raycluster import init_ray
 
     init_ray(address, logging_level="ERROR")
-    actors = pool_size(actors, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = pool_size(actors, cpus)
     read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_csv
     # at least a few blocks per actor, or one big file would feed a single actor
     scored = read(input_path, override_num_blocks=actors * 4).map_batches(
         Scorer, fn_constructor_args=(root, name, version, features, keep), batch_size=batch_size,
-        batch_format="numpy", concurrency=actors, num_cpus=1)
+        batch_format="numpy", concurrency=actors, num_cpus=actor_cpus(cpus))
     if is_uri(output_path):  # object stores have no rename: checked input, then written in place
         scored.write_parquet(output_path)
         return ray.data.read_parquet(output_path).count(), actors

@@ -11,6 +11,7 @@ from maas.data import DataSchema
 from maas.errors import ConfigError, DataError
 from maas.scoring import (
     Features,
+    actor_cpus,
     auto_batch_size,
     feature_columns,
     first_bad_row,
@@ -100,3 +101,6 @@ def test_the_actor_pool_leaves_a_cpu_for_reads_and_writes() -> None:
         pool_size(2, 2)
     with pytest.raises(ConfigError, match="expected at least 1"):
         pool_size(0, 4)
+    assert pool_size(1, 1) == 1 and actor_cpus(1) == 0 and actor_cpus(2) == 1  # 1 CPU: shared
+    with pytest.raises(ConfigError, match="--actors 2: the cluster has 1 CPU.* use 1"):
+        pool_size(2, 1)
