@@ -24,7 +24,10 @@ from maas.errors import ClusterError
 
 # Workers must bind tf.keras to tf_keras before anything imports TensorFlow; Ray sets this
 # itself inside workers, but too late. Shipping it in the runtime env makes it reach every process.
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# RAY_TRAIN_ENABLE_PRINT_PATCH=0: Ray Train's workers otherwise route print() through the root
+# logger and also print it (their stdout is redirected), so every worker line (`[train] epoch ...`)
+# reached a local driver twice; without the patch a print goes to the worker's stdout once.
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 # Ray starts workers at niceness 15 so that its own daemons win the CPU; on a machine a local
 # instance shares with nothing but the user's job that makes the training worker lose to Ray's
