@@ -31,7 +31,8 @@ from typing import Any
 
 import orjson
 
-from maas.storage import files_for, filesystem_for, is_uri
+from maas.localfs import FileType, list_entries
+from maas.storage import files_for, is_uri
 
 AUDIT_DIR = ".maas/audit"
 ROLLOUT_ACTIONS = ("rollout.promoted", "rollout.rolled_back")  # maas.serving.host: canary decisions
@@ -207,14 +208,14 @@ def _last_line(fs: Any, path: str) -> str | None:
 
 
 def _files(registry_root: str) -> Iterator[tuple[str, list[str]]]:
-    import pyarrow.fs as pafs
-
-    fs, inner = filesystem_for(audit_root(registry_root))
-    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+    # the same filesystem as the writer's: local trails need no pyarrow (the admin route that
+    # verifies the trail runs in a serving replica)
+    fs, inner = files_for(audit_root(registry_root))
+    if fs.get_file_info(inner).type == FileType.NotFound:
         return
-    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    infos = list_entries(fs, inner, recursive=True)
     for info in sorted(infos, key=lambda i: i.path):
-        if info.type == pafs.FileType.File and info.path.endswith(".jsonl"):
+        if info.type == FileType.File and info.path.endswith(".jsonl"):
             with fs.open_input_stream(info.path) as stream:
                 yield info.path, stream.read().decode().splitlines()
 

@@ -239,7 +239,7 @@ class Registry:
         return local
 
     def _download(self, uri: str, local: Path) -> None:
-        if isinstance(self.fs, LocalFiles):
+        if self.local:
             self.fs.copy_tree(uri, str(local))
             return
         import pyarrow.fs as pafs

@@ -193,8 +193,8 @@ def _tflite(variant: TfLiteVariant, parent: Parent, splits: Splits, threads: int
 def _pruned(variant: PrunedVariant, parent: Parent, splits: Splits) -> Built:
     """Pruned while fine-tuned, stripped, then published like a trained version: a Keras file with
     its own checked SavedModel (the zeros are the variant, so the parent's would be wrong)."""
-    from maas.optimize.prune import compressed_size, keras_bytes_of, prune_and_finetune
-    from maas.optimize.prune_train import PruneJob, prune_on_ray
+    from maas.optimize.prune import PruneJob, compressed_size, keras_bytes_of, prune_and_finetune
+    from maas.optimize.prune_train import prune_on_ray
 
     config = parent.version.metadata.get("config") or {}
     training, optimizer = config.get("training") or {}, config.get("optimizer") or {}
@@ -208,9 +208,7 @@ def _pruned(variant: PrunedVariant, parent: Parent, splits: Splits) -> Built:
         storage = (config.get("run") or {}).get("storage_path") or default_storage_path()
         pruned = prune_on_ray(job, x_train, y_train, storage)
     else:
-        pruned = prune_and_finetune(job.keras_bytes, KERAS_FILE, job.what, x_train, y_train,
-                                    job.target_sparsity, job.epochs, job.batch_size, job.learning_rate,
-                                    job.seed)
+        pruned = prune_and_finetune(job, x_train, y_train)
     content = keras_bytes_of(pruned.model)
     export = export_checked(pruned.model, splits.x_val, f"{parent.what} (pruned)")
     artifact = {"format": "keras", "file": KERAS_FILE, "runtime": "tensorflow",

@@ -44,21 +44,52 @@ def tfmot() -> Any:
     return module
 
 
-def prune_and_finetune(keras_bytes: bytes, filename: str, what: str, x_train: np.ndarray,
-                       y_train: np.ndarray, target_sparsity: float, epochs: int, batch_size: int,
-                       learning_rate: float, seed: int) -> Pruned:
+@dataclass(frozen=True)
+class PruneJob:
+    """One pruning fine-tune: what every Ray Train rank, the driver, or this process alone needs
+    to rebuild and fine-tune the wrapped parent. ``workers`` 0: in this process, without Ray."""
+
+    keras_bytes: bytes
+    filename: str
+    what: str
+    target_sparsity: float
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    workers: int
+    cpus_per_worker: float
+    max_failures: int
+
+    def steps_per_epoch(self, rows: int) -> int:
+        """One process: Keras' array feed, the last batch partial. Several workers: the same
+        number of full batches on every rank (collectives need it), as training does."""
+        if self.workers <= 1:
+            return math.ceil(rows / self.batch_size)
+        from maas.training import steps_per_epoch
+
+        return max(1, steps_per_epoch(rows, self.workers, self.batch_size))
+
+    def wrapped_parent(self, rows: int) -> tuple[Any, list[str]]:
+        """A fresh copy of the parent, wrapped for pruning over this job's steps on ``rows``
+        training rows: the same model on every rank and on the driver."""
+        from maas.artifacts.keras_loader import load_keras_bytes
+
+        parent = load_keras_bytes(self.keras_bytes, self.filename, self.what)
+        return wrap_for_pruning(parent, self.what, self.target_sparsity,
+                                self.epochs * self.steps_per_epoch(rows))
+
+
+def prune_and_finetune(job: PruneJob, x_train: np.ndarray, y_train: np.ndarray) -> Pruned:
     """In this process, without Ray (``workers: 0``): a fresh copy of the parent (the caller's
     model stays untouched), pruned while fine-tuned, stripped. ``maas.optimize.prune_train`` does
     the same as a Ray Train run."""
-    from maas.artifacts.keras_loader import load_keras_bytes
     from maas.tfkeras import tensorflow
 
-    tensorflow().random.set_seed(seed)
-    steps = epochs * math.ceil(len(x_train) / batch_size)
-    wrapped, names = wrap_for_pruning(load_keras_bytes(keras_bytes, filename, what), what,
-                                      target_sparsity, steps)
-    compile_for_finetuning(wrapped, learning_rate)
-    wrapped.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+    tensorflow().random.set_seed(job.seed)
+    wrapped, names = job.wrapped_parent(len(x_train))
+    compile_for_finetuning(wrapped, job.learning_rate)
+    wrapped.fit(x_train, y_train, batch_size=job.batch_size, epochs=job.epochs, shuffle=True, verbose=0,
                 callbacks=[tfmot().sparsity.keras.UpdatePruningStep()])
     return strip(wrapped, names)
 

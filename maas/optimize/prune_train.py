@@ -17,46 +17,19 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from maas.errors import MaasError, ModelError
+from maas.optimize.prune import PruneJob
 
 WEIGHTS_FILE = "wrapped_weights.npz"
 STATE_FILE = "state.json"
-
-
-@dataclass(frozen=True)
-class PruneJob:
-    """What every rank needs to rebuild and fine-tune the wrapped parent."""
-
-    keras_bytes: bytes
-    filename: str
-    what: str
-    target_sparsity: float
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    seed: int
-    workers: int
-    cpus_per_worker: float
-    max_failures: int
-
-    def steps_per_epoch(self, rows: int) -> int:
-        """One worker: Keras' array feed, the last batch partial. Several: the same number of
-        full batches on every rank (collectives need it), as training does."""
-        if self.workers == 1:
-            return math.ceil(rows / self.batch_size)
-        from maas.training import steps_per_epoch
-
-        return max(1, steps_per_epoch(rows, self.workers, self.batch_size))
 
 
 def prune_on_ray(job: PruneJob, x_train: np.ndarray, y_train: np.ndarray, storage_path: str,
@@ -102,12 +75,9 @@ def prune_on_ray(job: PruneJob, x_train: np.ndarray, y_train: np.ndarray, storag
 
 def strip_weights(job: PruneJob, weights: list[np.ndarray], rows: int) -> Any:
     """The wrapped parent rebuilt without any strategy, given the run's weights, stripped."""
-    from maas.artifacts.keras_loader import load_keras_bytes
-    from maas.optimize.prune import strip, wrap_for_pruning
+    from maas.optimize.prune import strip
 
-    parent = load_keras_bytes(job.keras_bytes, job.filename, job.what)
-    wrapped, names = wrap_for_pruning(parent, job.what, job.target_sparsity,
-                                      job.epochs * job.steps_per_epoch(rows))
+    wrapped, names = job.wrapped_parent(rows)
     wrapped.set_weights(weights)
     return strip(wrapped, names)
 
@@ -120,9 +90,8 @@ def prune_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray
     import ray.train
 
-    from maas.artifacts.keras_loader import load_keras_bytes
     from maas.data import shard_indices
-    from maas.optimize.prune import compile_for_finetuning, tfmot, wrap_for_pruning
+    from maas.optimize.prune import compile_for_finetuning, tfmot
     from maas.tfkeras import keras, tensorflow
     from maas.training import _choose_strategy, _configure_threads
 
@@ -136,8 +105,7 @@ def prune_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     shard = shard_indices(len(x), rank, world, job.seed)
     steps = job.steps_per_epoch(len(x))
     with _choose_strategy(tf, world, False).scope():
-        parent = load_keras_bytes(job.keras_bytes, job.filename, job.what)
-        wrapped, _ = wrap_for_pruning(parent, job.what, job.target_sparsity, job.epochs * steps)
+        wrapped, _ = job.wrapped_parent(len(x))
         compile_for_finetuning(wrapped, job.learning_rate)
         start = _restore(wrapped)
     if start < job.epochs:
@@ -192,7 +160,9 @@ def _report_callback(run_dir: str, rank: int, epochs: int) -> Any:
             if rank == 0:
                 print(f"[optimize] pruning epoch {epoch + 1}/{epochs} loss={metrics.get('loss', 0):.4f} "
                       f"accuracy={metrics.get('accuracy', 0):.4f}", flush=True)
-            weights = self.model.get_weights()  # every rank: reading is local, no collective
+            # every rank reads, as training saves on every rank: under MWMS a variable synchronised
+            # on read (BatchNormalization's moving statistics) is all-reduced when it is read
+            weights = self.model.get_weights()
             if rank != 0:
                 ray.train.report(metrics)
                 return

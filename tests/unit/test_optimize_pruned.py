@@ -80,8 +80,8 @@ def test_a_checkpoints_weights_rebuild_the_same_stripped_model_on_the_driver(tmp
     becomes, on the driver, exactly the model the ranks trained, stripped."""
     from maas.config import DataConfig
     from maas.data import load_dataset
-    from maas.optimize.prune import compile_for_finetuning, strip, tfmot, wrap_for_pruning
-    from maas.optimize.prune_train import WEIGHTS_FILE, PruneJob, _read_weights, strip_weights
+    from maas.optimize.prune import PruneJob, compile_for_finetuning, strip, tfmot, wrap_for_pruning
+    from maas.optimize.prune_train import WEIGHTS_FILE, _read_weights, strip_weights
 
     root = str(tmp_path / "registry")
     publish_digits(root, epochs=2)
