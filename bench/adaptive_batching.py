@@ -49,6 +49,9 @@ def with_setting(setting: Setting) -> Callable[[dict[str, Any]], dict[str, Any]]
         ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
         ingress["autoscaling_config"].update(min_replicas=2, max_replicas=2)
         model = ingress["user_config"]["models"]["digits_mlp"]
+        # the shipped config sets a latency target: a fixed setting removes it, or it would rule
+        model.pop("latency_target_ms", None)
+        model.pop("batch_wait_timeout_s", None)
         model.update(setting)
         return config
     return edit
