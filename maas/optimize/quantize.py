@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maas.optimize.onnx_export import compact_names
+
 
 def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None,
              input_name: str = "inputs") -> bytes:
@@ -26,7 +28,7 @@ def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None,
             _static(source, target, calibration, input_name)
         else:
             raise ValueError(f"unknown quantisation mode {mode!r}")
-        return target.read_bytes()
+        return compact_names(target.read_bytes())
 
 
 def _dynamic(source: Path, target: Path) -> None:

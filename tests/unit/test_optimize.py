@@ -85,6 +85,54 @@ def test_onnx_session_from_a_file_uses_the_threads_given_and_cpu_only(tmp_path: 
     np.testing.assert_allclose(predictor.predict(x), np.asarray(model(x)), atol=1e-5)
 
 
+def _short(name: str) -> bool:
+    return name[0] == "t" and name[1:].isdigit()
+
+
+def test_compact_names_keep_the_model_and_its_interface_and_shrink_it(tmp_path: Path) -> None:
+    import onnx
+    import tf2onnx
+
+    from maas.optimize.quantize import _dynamic, quantize
+    from maas.tfkeras import tensorflow
+
+    model, x = _tiny("mlp"), _rows()
+    spec = tensorflow().TensorSpec((None, 8, 8), "float32", name="inputs")
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=(spec,), opset=17)
+    fp32 = proto.SerializeToString()  # tf2onnx's own names
+    (tmp_path / "fp32.onnx").write_bytes(fp32)
+    _dynamic(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")  # the quantiser's own names
+    for before in (fp32, (tmp_path / "int8.onnx").read_bytes()):
+        after = onnx_export.compact_names(before)
+        assert len(after) < 0.9 * len(before)
+        old, new = onnx.load_from_string(before), onnx.load_from_string(after)
+        onnx.checker.check_model(new)
+        assert [i.name for i in new.graph.input] == [i.name for i in old.graph.input] == ["inputs"]
+        assert [o.name for o in new.graph.output] == [o.name for o in old.graph.output] == ["probabilities"]
+        assert all(_short(t.name) for t in new.graph.initializer)
+        np.testing.assert_array_equal(load_onnx_session(after).predict(x),
+                                      load_onnx_session(before).predict(x))
+    # what the pipeline registers is compact: the fp32 export, and int8 quantised from it
+    exported = onnx_export.convert(model, IMAGE, opset=17)
+    for content in (exported, quantize(exported, "dynamic")):
+        assert all(_short(t.name) for t in onnx.load_from_string(content).graph.initializer)
+
+
+def test_compact_names_leave_a_graph_with_subgraphs_alone() -> None:
+    from onnx import TensorProto, helper
+
+    branch = helper.make_graph([helper.make_node("Identity", ["outer_value"], ["branch_out"])], "branch", [],
+                               [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["outer_value"]),
+         helper.make_node("If", ["condition"], ["y"], then_branch=branch, else_branch=branch)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("condition", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    content = helper.make_model(graph).SerializeToString()
+    assert onnx_export.compact_names(content) == content
+
+
 def test_outputs_above_the_tolerance_are_refused(monkeypatch) -> None:
     model, x = _tiny("mlp"), _rows()
     real = onnx_export.keras_predict
