@@ -91,7 +91,7 @@ def compact_names(content: bytes) -> bytes:
     for tensor in graph.initializer:
         tensor.name = short(tensor.name)
         tensor.doc_string = ""
-    for index, node in enumerate(graph.node):  # unique node names: the quantiser derives names from them
+    for index, node in enumerate(graph.node):  # short, still unique: tools may name new nodes after them
         node.name, node.doc_string = f"n{index}", ""
         node.input[:] = [short(name) for name in node.input]
         node.output[:] = [short(name) for name in node.output]
