@@ -67,13 +67,14 @@ def compact_names(content: bytes) -> bytes:
     clients use them). tf2onnx names every tensor after its TensorFlow op path
     (``mlp_classifier/dense_0/MatMul/ReadVariableOp:0``) and the quantiser adds ``_quantized``,
     ``_scale`` and ``_zero_point`` copies of those: on the digits MLP the names were ~23% of the
-    int8 file. A graph with subgraphs (If, Loop, Scan: they may refer to outer names) or functions
-    is left as it is."""
+    int8 file. A graph with subgraphs (If, Loop, Scan: they may refer to outer names), functions
+    or sparse initializers (named inside their values, which this does not rename) is left as it is."""
     import onnx
 
     model = onnx.load_from_string(content)
     graph = model.graph
-    if model.functions or any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute):
+    subgraphs = any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute)
+    if model.functions or graph.sparse_initializer or subgraphs:
         return content
     keep = {value.name for value in (*graph.input, *graph.output)}
     renamed: dict[str, str] = {}

@@ -133,6 +133,20 @@ def test_compact_names_leave_a_graph_with_subgraphs_alone() -> None:
     assert onnx_export.compact_names(content) == content
 
 
+def test_compact_names_leave_a_graph_with_sparse_initializers_alone() -> None:
+    from onnx import TensorProto, helper
+
+    values = helper.make_tensor("long/sparse/weight:0", TensorProto.FLOAT, [1], [2.0])
+    indices = helper.make_tensor("indices", TensorProto.INT64, [1], [0])
+    sparse = helper.make_sparse_tensor(values, indices, [2])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "long/sparse/weight:0"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], sparse_initializer=[sparse])
+    content = helper.make_model(graph).SerializeToString()
+    assert onnx_export.compact_names(content) == content
+
+
 def test_outputs_above_the_tolerance_are_refused(monkeypatch) -> None:
     model, x = _tiny("mlp"), _rows()
     real = onnx_export.keras_predict
