@@ -1,8 +1,16 @@
 """Captured traffic in one replica: the sampled requests of one model and the feedback labels sent
-for them, held in a bounded buffer and written as Parquet files by a background task
-(``maas.capture`` has the layout). The request path only draws the sample and appends a tuple to
-a deque: no copy, no I/O, no lock. When the buffer is full, samples are dropped and counted
-(the model's status, ``maas_capture_dropped_total``); a request never waits for capture.
+for them, held in a bounded buffer and written by a background task. The request path only draws
+the sample and appends a tuple to a deque: no copy, no I/O, no lock. When the buffer is full,
+samples are dropped and counted (the model's status, ``maas_capture_dropped_total``); a request
+never waits for capture.
+
+The writer spools the requests' arrays as they are (``maas.capture_spool``: a copy into the page
+cache) and a compactor process at nice 19 (``maas.capture_compactor``, started here) turns the
+spool into the Parquet layout of ``maas.capture``: the encoding, most of capture's cost, runs on
+CPU time serving leaves idle. The spool is bounded too (``max_spool_mb``): past it, samples are
+dropped and counted. ``compaction: inline`` compacts in the writer's thread instead, ``external``
+leaves it to a compactor run elsewhere. Feedback labels are few and small: written as Parquet
+directly.
 
 One ``Capture`` per model per replica (``ModelHost.capture``), made and changed by the model's
 settings (``capture: {rate: 0.1}``) through ``reconfigure``; flushed every ``flush_s`` seconds or
@@ -15,6 +23,7 @@ import asyncio
 import itertools
 import logging
 import random
+import subprocess
 import time
 import uuid
 from collections import deque
@@ -23,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from maas.capture import Sample, write_feedback, write_samples
+from maas import capture_compactor
+from maas.capture import Sample, write_feedback
+from maas.capture_spool import spool_bytes, spool_dir, spool_files, write_spool
 from maas.serving.settings import CaptureSettings
 
 logger = logging.getLogger("ray.serve")
@@ -54,28 +65,35 @@ def _metrics() -> dict[str, Any]:
 
 class Capture:
     """Sampling, the bounded buffer and the writer of one model in one replica. ``rng`` draws the
-    samples (tests: seeded); ``write_samples`` / ``write_feedback`` write (tests: in memory)."""
+    samples (tests: seeded); ``write_spool`` / ``write_feedback`` write (tests: failing ones)."""
 
     def __init__(self, model_name: str, registry_root: str, settings: CaptureSettings, replica: str,
                  rng: Callable[[], float] = random.random,
-                 write_samples: Callable[..., list[tuple[str, int, int]]] = write_samples,
+                 write_spool: Callable[..., list[tuple[str, int, int]]] = write_spool,
                  write_feedback: Callable[..., list[str]] = write_feedback):
         self.model_name, self.registry_root = model_name, registry_root
         self.writer = f"{replica}-{uuid.uuid4().hex[:6]}"
-        self._rng, self._write_samples, self._write_feedback = rng, write_samples, write_feedback
+        self.spool = spool_dir(registry_root, model_name)
+        self._rng, self._write_spool, self._write_feedback = rng, write_spool, write_feedback
+        self.compaction = "process"
+        self.compactor: Any = None  # the compactor process (compaction "process")
+        self.compactor_starts = 0
+        self.compacted = capture_compactor.Compacted()  # compaction "inline": what it did
         self._seq = itertools.count(1)
         self.buffer: deque[Sample] = deque()
         self.feedback: deque[tuple[float, str, list[str]]] = deque()
         self.buffered_rows = 0
         self.rate, self.flush_s, self.flush_rows, self.max_rows = 0.0, 5.0, 10_000, 100_000
+        self.max_spool_bytes = 0
         self.apply(settings)
         self.sampled = self.dropped = self.dropped_rows = self.feedback_dropped = 0
+        self.dropped_spool_full = 0  # of ``dropped``: the spool held max_spool_mb
         self.written_rows = self.written_files = self.feedback_written = 0
         self.write_errors = 0
         self.last_error: str | None = None
         self.last_write: float | None = None
         self.dropped_unwritten = 0  # of ``dropped``: a failed write with no room left to keep it
-        self._reported = (0, 0)
+        self._reported = (0, 0, 0)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
@@ -85,6 +103,10 @@ class Capture:
         """New settings, live: the buffer and its counts stay."""
         self.rate, self.flush_s = settings.rate, settings.flush_s
         self.flush_rows, self.max_rows = settings.flush_rows, settings.max_buffered_rows
+        self.max_spool_bytes = settings.max_spool_mb << 20
+        self.compaction = settings.compaction
+        if self.compaction != "process":
+            self.stop_compactor()
 
     # --- the request path ------------------------------------------------------------------
 
@@ -123,6 +145,8 @@ class Capture:
         if self._task is None or self._task.done():
             self._wake, self._lock = asyncio.Event(), asyncio.Lock()
             self._task = asyncio.get_running_loop().create_task(self._run())
+        if self.compaction == "process" and spool_files(self.spool):  # left by a replica before
+            self._compact()
 
     async def _run(self) -> None:
         while not self.closed:
@@ -169,33 +193,96 @@ class Capture:
             except Exception:  # noqa: BLE001 - the final flush below still runs
                 pass
         await self.flush()
+        running = self.compactor is not None and self.compactor.poll() is None
+        self.stop_compactor()  # its last pass takes what was just spooled
+        if not running and self.compaction != "external" and spool_files(self.spool):
+            await asyncio.to_thread(self._compact_here)
+
+    def stop_compactor(self, wait_s: float = 0.0) -> None:
+        """Tell the compactor to compact what is left and exit; wait up to ``wait_s`` for it (a
+        replica shutting down: Ray kills a worker's children once it exits, so a replica that
+        left at once would cut the last pass short; what it leaves, the next compactor takes)."""
+        compactor, self.compactor = self.compactor, None
+        if compactor is not None and compactor.poll() is None:
+            compactor.terminate()
+            try:
+                compactor.wait(timeout=wait_s) if wait_s > 0 else None
+            except subprocess.TimeoutExpired:
+                logger.warning("%s: capture compactor still at work after %.0f s; its spool waits for "
+                               "the next one", self.model_name, wait_s)
 
     def _write(self, samples: list[Sample], feedback: list[tuple[float, str, list[str]]]) -> tuple[Any, ...]:
-        """(files written, feedback files written, the samples' error, the feedback's error)."""
+        """(spool files written, feedback files written, the samples' error, the feedback's error,
+        whether the spool was full)."""
         files = feedback_files = None
         samples_error = feedback_error = None
-        if samples:
+        spool_full = bool(samples) and spool_bytes(self.spool) >= self.max_spool_bytes
+        if samples and not spool_full:
             try:
-                files = self._write_samples(self.registry_root, self.model_name, samples, self.writer,
-                                            self._next_seq)
+                files = self._write_spool(self.spool, samples, self.writer, self._next_seq)
             except Exception as exc:  # noqa: BLE001 - kept for a retry, reported in the status
                 samples_error = exc
+            else:
+                self._compact()
         if feedback:
             try:
                 feedback_files = self._write_feedback(self.registry_root, self.model_name, feedback,
                                                       self.writer, self._next_seq)
             except Exception as exc:  # noqa: BLE001
                 feedback_error = exc
-        return files, feedback_files, samples_error, feedback_error
+        return files, feedback_files, samples_error, feedback_error, spool_full
+
+    def _compact(self) -> None:
+        """After a spool write (in the writer's thread): compact it here (inline), or see that a
+        compactor process runs (started on the first write; again if it died; none once closing:
+        ``close`` and ``shutdown`` see to what is left)."""
+        if self.compaction == "inline":
+            self._compact_here()
+        elif self.compaction == "process" and not self.closed and (
+                self.compactor is None or self.compactor.poll() is not None):
+            try:
+                self.compactor = capture_compactor.start(self.spool, self.registry_root, self.model_name)
+                self.compactor_starts += 1
+            except OSError as exc:  # the spool keeps the rows: a later write tries again
+                self.compacted.last_error = f"compactor not started: {exc}"[:500]
+
+    def _compact_here(self) -> None:
+        """A pass in this thread, unless a compactor (another replica's) holds the spool."""
+        try:
+            done = capture_compactor.compact_if_free(self.spool, self.registry_root, self.model_name,
+                                                     self.writer)
+        except Exception as exc:  # noqa: BLE001 - the rows stay in the spool for the next pass
+            self.compacted.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        else:
+            if done is not None:
+                self.compacted.add(done)
+
+    def shutdown(self, wait_s: float = 10.0) -> None:
+        """A replica shutting down (no event loop to wait on): spool what is held, let the
+        compactor's last pass run (up to ``wait_s``), and compact here what none took (a
+        compactor started moments ago may not have lived to see it)."""
+        self.closed = True
+        try:
+            self.flush_now()
+        finally:
+            self.stop_compactor(wait_s)
+            if self.compaction != "external" and spool_files(self.spool):
+                self._compact_here()
 
     def _next_seq(self) -> int:
         return next(self._seq)
 
     def _settle(self, samples: list[Sample], feedback: list[tuple[float, str, list[str]]], files: Any,
                 feedback_files: Any, samples_error: Exception | None,
-                feedback_error: Exception | None) -> None:
+                feedback_error: Exception | None, spool_full: bool = False) -> None:
         """Count what was written; put back what failed when there is room (the next flush
         retries it), else drop and count it."""
+        if spool_full:
+            self.dropped += len(samples)
+            self.dropped_rows += sum(len(s.inputs) for s in samples)
+            self.dropped_spool_full += len(samples)
+            logger.warning("%s: capture spool %s holds max_spool_mb; %d captured requests dropped",
+                           self.model_name, self.spool, len(samples))
         if files:
             metrics = _metrics()
             for _, version, rows in files:
@@ -230,24 +317,38 @@ class Capture:
 
     def _report_dropped(self) -> None:
         metrics = _metrics()
-        full, unwritten = self.dropped - self.dropped_unwritten, self.dropped_unwritten
+        spool_full, unwritten = self.dropped_spool_full, self.dropped_unwritten
+        counts = (self.dropped - unwritten - spool_full, unwritten, spool_full)
         if metrics:
-            for reason, now, before in (("buffer_full", full, self._reported[0]),
-                                        ("write_failed", unwritten, self._reported[1])):
+            for reason, now, before in zip(("buffer_full", "write_failed", "spool_full"), counts,
+                                           self._reported, strict=True):
                 if now > before:
                     metrics["dropped"].inc(now - before, tags={"model": self.model_name, "reason": reason})
-        self._reported = (full, unwritten)
+        self._reported = counts
 
     def state(self) -> dict[str, Any]:
         """For the model's status."""
         from maas.capture import model_dir
 
         return {"rate": self.rate, "path": model_dir(self.registry_root, self.model_name),
-                "writer": self.writer, "sampled_requests": self.sampled,
+                "writer": self.writer, "spool": self._spool_state(), "sampled_requests": self.sampled,
                 "buffered_requests": len(self.buffer), "buffered_rows": self.buffered_rows,
                 "max_buffered_rows": self.max_rows, "dropped_requests": self.dropped,
                 "dropped_rows": self.dropped_rows, "written_rows": self.written_rows,
                 "written_files": self.written_files, "feedback_buffered": len(self.feedback),
                 "feedback_written": self.feedback_written, "feedback_dropped": self.feedback_dropped,
+                "dropped_spool_full": self.dropped_spool_full,
                 "write_errors": self.write_errors, "last_error": self.last_error,
                 "last_write": self.last_write}
+
+    def _spool_state(self) -> dict[str, Any]:
+        """Where the spool stands: what waits in it, and the compactor's last report (``parquet``:
+        rows it wrote since it started; it may hold other replicas' spool files too)."""
+        compactor = self.compactor
+        running = compactor is not None and compactor.poll() is None
+        report = (capture_compactor.status(self.spool) if self.compaction == "process"
+                  else {"inline": True, **vars(self.compacted)})
+        return {"path": self.spool, "files": len(spool_files(self.spool)), "bytes": spool_bytes(self.spool),
+                "max_bytes": self.max_spool_bytes,
+                "compactor_pid": compactor.pid if running else None,
+                "compactor_starts": self.compactor_starts, "compactor": report}

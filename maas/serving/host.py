@@ -165,9 +165,8 @@ class ModelHost:
         """Write what capture holds now, in this thread (a replica shutting down)."""
         capture, self.capture = self.capture, None
         if capture is not None:
-            capture.closed = True
             try:
-                capture.flush_now()
+                capture.shutdown()
             except Exception as exc:  # shutting down: say what was lost, never raise
                 logger.warning("%s: captured traffic not written at shutdown: %s", self.model_name, exc)
 

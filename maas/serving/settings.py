@@ -101,7 +101,8 @@ class CaptureSettings(StrictSchema):
     """Sampled request/response capture for retraining (``maas.serving.capture``): a share of the
     answered requests, with their inputs and outputs, written as Parquet files under the registry
     (``<registry>/.maas/capture/model=<m>/version=<v>/hour=<YYYY-MM-DDTHH>/``), off the request
-    path; feedback labels go next to them (``_feedback/``), joined by request id when read."""
+    path: spooled by the replica, turned into Parquet by a compactor process at nice 19; feedback
+    labels go next to them (``_feedback/``), joined by request id when read."""
 
     rate: float = Field(
         ge=0, le=1,
@@ -110,12 +111,23 @@ class CaptureSettings(StrictSchema):
                            description="Write what was captured every this many seconds.")
     flush_rows: int = Field(
         10_000, ge=1, le=10_000_000,
-        description="... or as soon as this many rows wait (one Parquet file per version and hour "
-                    "per write).")
+        description="... or as soon as this many rows wait (one spool file per version per write; "
+                    "the compactor writes one Parquet file per version and hour per pass).")
     max_buffered_rows: int = Field(
         100_000, ge=1, le=100_000_000,
         description="Most rows waiting to be written in one replica; past it a sampled request is "
                     "dropped and counted (status and maas_capture_dropped_total), never waited for.")
+    compaction: Literal["process", "inline", "external"] = Field(
+        "process",
+        description="Who turns the spool into Parquet. process: a compactor process on each machine at "
+                    "nice 19, on CPU time serving leaves idle; inline: the replica's writer thread, no "
+                    "other process, at a cost to serving throughput; external: nothing here, you run "
+                    "`python -m maas.capture_compactor` (a sidecar, a cron job, another node).")
+    max_spool_mb: int = Field(
+        2048, ge=1, le=1_048_576,
+        description="Most MiB of captured requests waiting in the model's spool on one machine for the "
+                    "compactor to turn them into Parquet; past it a write is dropped and counted "
+                    "(reason spool_full), never waited for.")
 
 
 class ModelSettings(StrictSchema):

@@ -2,9 +2,10 @@
 Ingress and on one in a deployment of its own; requests of both protocols, feedback for some of
 them (by the X-Request-ID each answer carried, the caller's own or the one Serve made up); the
 Parquet read back holds exactly the requests sent, their inputs and the outputs answered, with the
-labels joined by request id. The Ingress-hosted model's writer flushes every 0.5 s; the other
-model's never would in this test's time (flush_s: 3600), so its rows show that a replica writes
-what it holds when it shuts down (serve.delete).
+labels joined by request id. Replicas spool; the compactor process each starts writes the Parquet.
+The Ingress-hosted model's writer flushes every 0.5 s; the other model's never would in this test's
+time (flush_s: 3600), so its rows show that a replica spools what it holds when it shuts down
+(serve.delete) and its compactor's last pass turns it into Parquet.
 
 The unit tests (``tests/unit/test_capture.py``) cover the buffer's bound, sampling, the reader's
 ranges and errors and ``data.source: capture``.
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+
+from maas.capture_spool import spool_dir, spool_files
 
 pytestmark = pytest.mark.integration
 
@@ -106,25 +109,33 @@ def test_captured_rows_equal_the_requests_sent_with_labels_joined(serve_http, ca
                     assert reply.status_code == 200 and reply.json()["captured"], reply.text
                     labels[name][request_id] = given
 
-        # the Ingress-hosted model: written by its replica's writer within a flush or two
+        # the Ingress-hosted model: spooled by its replica's writer within a flush or two, then
+        # Parquet from the compactor process it started
         expected_rows = sum(len(rows) for rows, _, _ in sent[HOSTED].values())
-        deadline, captured = time.time() + 15, None
-        while time.time() < deadline:
-            captured = _read(capture_registry, HOSTED)
-            if len(captured.inputs) >= expected_rows and captured.feedback_records >= len(labels[HOSTED]):
-                break
-            time.sleep(0.25)
-        _check(captured, sent[HOSTED], labels[HOSTED])
+        _check(_wait_for_rows(capture_registry, HOSTED, expected_rows, len(labels[HOSTED])), sent[HOSTED],
+               labels[HOSTED])
         assert len(_read(capture_registry, OWN).inputs) == 0  # flush_s 3600: still in its replica
 
-        serve.delete(APP)  # a replica shutting down writes what it holds
+        serve.delete(APP)  # a replica shutting down spools what it holds; its compactor's last pass
         deleted = True
-        _check(_read(capture_registry, OWN), sent[OWN], labels[OWN])
+        own_rows = sum(len(rows) for rows, _, _ in sent[OWN].values())
+        _check(_wait_for_rows(capture_registry, OWN, own_rows, len(labels[OWN])), sent[OWN], labels[OWN])
+        assert not spool_files(spool_dir(capture_registry.root_uri, OWN))
         print(f"captured {expected_rows} rows of {len(sent[HOSTED])} requests (ingress) and the "
               f"deployment's at shutdown; {len(labels[HOSTED])} + {len(labels[OWN])} labelled")
     finally:
         if not deleted:
             serve.delete(APP)
+
+
+def _wait_for_rows(registry: Any, name: str, rows: int, labelled: int, timeout_s: float = 30) -> Any:
+    deadline, captured = time.time() + timeout_s, None
+    while time.time() < deadline:
+        captured = _read(registry, name)
+        if len(captured.inputs) >= rows and captured.feedback_records >= labelled:
+            break
+        time.sleep(0.25)
+    return captured
 
 
 def _check(captured: Any, sent: dict[str, tuple[np.ndarray, np.ndarray, str]],

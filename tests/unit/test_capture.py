@@ -27,6 +27,7 @@ from maas.capture import (
     write_feedback,
     write_samples,
 )
+from maas.capture_spool import write_spool
 from maas.config import DataConfig, TrainJobConfig, load_config
 from maas.data import DataSchema, load_dataset
 from maas.errors import ConfigError, DataError
@@ -40,6 +41,11 @@ from tests.unit.test_canary import ROLLOUT, CanaryHost, Clock, Store
 from tests.unit.test_serve_hosting import FakeRegistryHost
 
 MODEL = "m"
+INLINE = {"compaction": "inline"}  # Parquet written in the writer's thread: no compactor process
+
+
+def inline(**settings: Any) -> CaptureSettings:
+    return CaptureSettings(**INLINE, **settings)
 
 
 def run(coroutine: Any) -> Any:
@@ -62,7 +68,7 @@ class Seq:
 # --- the buffer and the sampling ----------------------------------------------------------------
 
 def test_the_buffer_drops_and_counts_when_full_and_never_blocks() -> None:
-    capture = Capture(MODEL, "/nowhere", CaptureSettings(rate=1.0, max_buffered_rows=5), "r")
+    capture = Capture(MODEL, "/nowhere", inline(rate=1.0, max_buffered_rows=5), "r")
     assert not inspect.iscoroutinefunction(capture.offer)  # the request path never awaits
     model, out = fake_model(), np.zeros((1, 2), np.float32)
     for i in range(3):
@@ -82,13 +88,13 @@ def test_the_buffer_drops_and_counts_when_full_and_never_blocks() -> None:
 
 def test_the_sampling_rate_is_honoured() -> None:
     rng = random.Random(7)
-    capture = Capture(MODEL, "/nowhere", CaptureSettings(rate=0.1, max_buffered_rows=10**6), "r",
+    capture = Capture(MODEL, "/nowhere", inline(rate=0.1, max_buffered_rows=10**6), "r",
                       rng=rng.random)
     model, row = fake_model(), np.zeros((1, 2), np.float32)
     for i in range(20_000):
         capture.offer(str(i), model, "v1", "default", row, row, 0.0)
     assert 0.09 < len(capture.buffer) / 20_000 < 0.11
-    again = Capture(MODEL, "/nowhere", CaptureSettings(rate=0.1, max_buffered_rows=10**6), "r",
+    again = Capture(MODEL, "/nowhere", inline(rate=0.1, max_buffered_rows=10**6), "r",
                     rng=random.Random(7).random)
     for i in range(20_000):
         again.offer(str(i), model, "v1", "default", row, row, 0.0)
@@ -98,7 +104,7 @@ def test_the_sampling_rate_is_honoured() -> None:
 def test_models_without_capture_keep_the_plain_path() -> None:
     async def scenario() -> None:
         host = FakeRegistryHost([1])
-        await host.configure({"capture": {"rate": 0}})
+        await host.configure({"capture": {**INLINE, "rate": 0}})
         assert host.capture is None and not host.routes_callers
         assert "capture" not in await host.status()
 
@@ -115,7 +121,7 @@ def test_a_flush_writes_parquet_partitioned_with_inputs_and_outputs_intact(tmp_p
     async def scenario() -> None:
         host = FakeRegistryHost([1, 2])
         host.registry_root = str(tmp_path)
-        await host.configure({"versions": {"latest": 2}, "capture": {"rate": 1.0, "flush_s": 60}})
+        await host.configure({"versions": {"latest": 2}, "capture": {**INLINE, "rate": 1.0, "flush_s": 60}})
         assert host.routes_callers  # the request id travels with each request
         sent, answered = {}, {}
         for i in range(5):
@@ -173,7 +179,7 @@ def test_the_writer_flushes_on_its_own_after_flush_rows(tmp_path: Path) -> None:
     async def scenario() -> None:
         host = FakeRegistryHost([1])
         host.registry_root = str(tmp_path)
-        await host.configure({"capture": {"rate": 1.0, "flush_s": 3600, "flush_rows": 4}})
+        await host.configure({"capture": {**INLINE, "rate": 1.0, "flush_s": 3600, "flush_rows": 4}})
         for i in range(4):
             await host.infer([[float(i), 0.0]], caller=Caller(request_id=str(i)))
         for _ in range(200):  # the background task writes in a thread
@@ -187,19 +193,19 @@ def test_the_writer_flushes_on_its_own_after_flush_rows(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_is_kept_for_the_next_flush(tmp_path: Path) -> None:
-    failures = [OSError("the bucket said no")]
+    failures = [OSError("No space left on device")]
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
         if failures:
             raise failures.pop()
-        return write_samples(*args, **kwargs)
+        return write_spool(*args, **kwargs)
 
     async def scenario() -> None:
-        capture = Capture(MODEL, str(tmp_path), CaptureSettings(rate=1.0), "r", write_samples=flaky)
+        capture = Capture(MODEL, str(tmp_path), inline(rate=1.0), "r", write_spool=flaky)
         row = np.ones((1, 2), np.float32)
         capture.offer("x", fake_model(), "v1", "default", row, row, 0.0)
         await capture.flush()
-        assert capture.write_errors == 1 and "the bucket said no" in capture.last_error
+        assert capture.write_errors == 1 and "No space left" in capture.last_error
         assert capture.buffered_rows == 1 and capture.written_rows == 0
         await capture.flush()
         assert capture.written_rows == 1 and capture.buffered_rows == 0 and capture.dropped == 0
@@ -213,7 +219,7 @@ def test_feedback_is_recorded_for_any_request_and_joined_by_request_id(tmp_path:
     async def scenario() -> None:
         host = FakeRegistryHost([1])
         host.registry_root = str(tmp_path)
-        await host.configure({"capture": {"rate": 1.0, "flush_s": 60}})
+        await host.configure({"capture": {**INLINE, "rate": 1.0, "flush_s": 60}})
         await host.infer([[0.0, 1.0]], caller=Caller(request_id="one"))
         await host.infer([[0.0, 1.0], [1.0, 0.0]], caller=Caller(request_id="two"))
         await host.infer([[2.0, 2.0]], caller=Caller(request_id="none"))
@@ -243,7 +249,7 @@ def test_canary_feedback_is_still_scored_and_also_captured(tmp_path: Path) -> No
     async def scenario() -> None:
         host = CanaryHost([1, 2], Store(), Clock())
         host.registry_root = str(tmp_path)
-        await host.configure({**ROLLOUT, "capture": {"rate": 1.0}, "rollout": {
+        await host.configure({**ROLLOUT, "capture": {**INLINE, "rate": 1.0}, "rollout": {
             **ROLLOUT["rollout"], "max_accuracy_drop": 0.1}})
         await host.infer([[0.0, 0.0]], caller=Caller(request_id="r1"))
         reply = await host.feedback("r1", "a")
@@ -446,7 +452,7 @@ def test_file_names_sort_by_write_time() -> None:
 def test_maas_status_shows_what_capture_wrote_held_and_dropped() -> None:
     from maas.status import _model_row
 
-    capture = Capture(MODEL, "/r", CaptureSettings(rate=0.5, max_buffered_rows=1), "r").state()
+    capture = Capture(MODEL, "/r", inline(rate=0.5, max_buffered_rows=1), "r").state()
     capture.update(written_rows=120, dropped_requests=3, last_error="OSError: read-only")
     row = _model_row("app", MODEL, "HEALTHY", 1, {"version": 1, "requests_last_minute": 60,
                                                   "capture": capture})

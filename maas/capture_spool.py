@@ -1,0 +1,188 @@
+"""The capture spool: what a serving replica writes for its captured requests, cheaply, before
+they become Parquet (``maas.capture_compactor`` turns spool files into the layout ``maas.capture``
+describes, in a process of its own at the lowest CPU priority).
+
+Why a spool: Parquet encoding costs ~70-150 us of CPU per 64-row request (zstd, byte-stream
+split, list columns, a file per flush), which in the replica cost a quarter of its 64-row
+throughput at 100% capture (bench/serve_load.py --capture). Writing a request's arrays as they are
+costs a copy into the page cache, and the encoding moves to CPU time serving does not use.
+
+One spool file per version per flush, named ``<written>-<writer>-<seq>.spool`` (written whole:
+a hidden name, then renamed)::
+
+    MAGIC (8 bytes) | header length (8 bytes, little-endian) | header (JSON, UTF-8)
+    | inputs: float32 [rows, width], C order (tensor models; text and table inputs are in the header)
+    | outputs: float32 [rows, output width], C order
+
+The header names the version, its schema (dtype, input shape, classes) and each request: id,
+arrival time, protocol, route, latency and rows. Nothing in it is executed or unpickled.
+
+Where: under the model's capture folder (``model=<m>/_spool/``; Hive readers skip ``_`` folders)
+for a local registry, so a replica on any node sharing it leaves its spool where a compactor can
+find it; a local temporary folder for an object-store registry (Parquet goes to the store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maas.capture import WRITTEN_FORMAT, Sample, model_dir
+from maas.data import DataSchema
+from maas.errors import DataError
+from maas.storage import is_uri
+
+MAGIC = b"MAASCAP1"
+PREFIX = struct.Struct("<8sQ")
+SPOOL_DIR = "_spool"
+SUFFIX = ".spool"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SpooledVersion:
+    """What the compactor needs of the model that answered: its version and schema (the shape of
+    ``maas.serving.model.LoadedModel`` that ``maas.capture.requests_table`` reads)."""
+
+    version: int
+    schema: DataSchema
+
+
+def spool_dir(registry_root: str, model: str) -> str:
+    """The spool folder of ``model``'s captured traffic on this machine."""
+    if not is_uri(registry_root):
+        return f"{model_dir(registry_root, model)}/{SPOOL_DIR}"
+    digest = hashlib.blake2b(registry_root.encode(), digest_size=8).hexdigest()
+    return f"{tempfile.gettempdir()}/maas-capture-spool/{digest}/model={model}"
+
+
+def spool_files(directory: str) -> list[Path]:
+    """Finished spool files, oldest first (names start with the time they were written)."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    return sorted((Path(e.path) for e in entries if e.name.endswith(SUFFIX) and not e.name.startswith(".")
+                   and e.is_file()), key=lambda p: p.name)
+
+
+def spool_bytes(directory: str) -> int:
+    """Bytes waiting in the spool (finished files and ones being written)."""
+    try:
+        return sum(e.stat().st_size for e in os.scandir(directory) if e.is_file() and SUFFIX in e.name)
+    except FileNotFoundError:
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing (a replica's capture writer, in a thread)
+
+
+def write_spool(directory: str, samples: Iterable[Sample], writer: str,
+                next_seq: Callable[[], int]) -> list[tuple[str, int, int]]:
+    """One spool file per version of ``samples``; [(path, version, rows)]."""
+    groups: dict[int, list[Sample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.model.version, []).append(sample)
+    os.makedirs(directory, exist_ok=True)
+    written = datetime.now(timezone.utc).strftime(WRITTEN_FORMAT)
+    files = []
+    for version, group in sorted(groups.items()):
+        path = f"{directory}/{written}-{writer}-{next_seq():06d}{SUFFIX}"
+        rows = _write_file(path, group)
+        files.append((path, version, rows))
+    return files
+
+
+def _write_file(path: str, samples: Sequence[Sample]) -> int:
+    """Header, then each request's arrays as they lie in memory (no concatenation: the kernel
+    copies them into the page cache); written under a hidden name and renamed, so a reader never
+    sees part of a file."""
+    schema = samples[0].model.schema
+    tensor = not schema.string_input
+    inputs = [np.ascontiguousarray(s.inputs, dtype=np.float32).reshape(len(s.inputs), -1) if tensor
+              else np.asarray(s.inputs, dtype=object).reshape(len(s.inputs), -1) for s in samples]
+    outputs = [np.ascontiguousarray(s.outputs, dtype=np.float32).reshape(len(s.outputs), -1) for s in samples]
+    header = {
+        "format": FORMAT, "version": samples[0].model.version,
+        "schema": {"dtype": schema.dtype, "input_shape": [int(d) for d in schema.input_shape],
+                   "classes": [c if isinstance(c, (int, str)) else str(c) for c in schema.classes]},
+        "requests": [[s.request_id, s.time, s.protocol, s.route, s.latency_s, len(s.inputs)]
+                     for s in samples],
+        "input_width": int(inputs[0].shape[1]) if tensor else None,
+        "output_width": int(outputs[0].shape[1]),
+    }
+    if not tensor:
+        header["texts"] = [[_text(v) for v in row] for x in inputs for row in x]
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    directory, name = os.path.split(path)
+    hidden = f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(hidden, "wb") as out:
+            out.write(PREFIX.pack(MAGIC, len(encoded)))
+            out.write(encoded)
+            for array in (inputs if tensor else []) + outputs:
+                out.write(array.data)
+        os.replace(hidden, path)
+    except BaseException:
+        Path(hidden).unlink(missing_ok=True)
+        raise
+    return sum(len(x) for x in inputs)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading (the compactor)
+
+
+def read_spool(path: str | Path) -> list[Sample]:
+    """A spool file's requests as ``Sample``s (their arrays: views of the file's bytes). A file
+    that is not one, or whose sizes do not add up, raises ``DataError``."""
+    data = Path(path).read_bytes()
+    if len(data) < PREFIX.size:
+        raise DataError(f"capture spool file {path} is truncated: {len(data)} bytes")
+    magic, length = PREFIX.unpack_from(data)
+    if magic != MAGIC or PREFIX.size + length > len(data):
+        raise DataError(f"{path} is not a capture spool file (bad magic or header length)")
+    try:
+        header = json.loads(data[PREFIX.size:PREFIX.size + length])
+        schema = DataSchema(tuple(header["schema"]["input_shape"]), list(header["schema"]["classes"]),
+                            header["schema"]["dtype"])
+        requests, width = header["requests"], int(header["output_width"])
+        model = SpooledVersion(int(header["version"]), schema)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"capture spool file {path} has an unreadable header: {exc}") from exc
+    if header.get("format") != FORMAT:
+        raise DataError(f"capture spool file {path} has format {header.get('format')!r}, expected {FORMAT}")
+    total = sum(int(r[5]) for r in requests)
+    tensor = header["input_width"] is not None
+    input_width = int(header["input_width"]) if tensor else 0
+    body = memoryview(data)[PREFIX.size + length:]
+    expected = 4 * total * (input_width + width)
+    if len(body) != expected:
+        raise DataError(f"capture spool file {path} holds {len(body)} bytes of arrays, expected {expected}")
+    floats = np.frombuffer(body, dtype=np.float32)
+    inputs = (floats[:total * input_width].reshape(total, input_width) if tensor
+              else np.array(header["texts"], dtype=object).reshape(total, -1))
+    outputs = floats[total * input_width:].reshape(total, width)
+    samples, start = [], 0
+    for request_id, arrived, protocol, route, latency_s, rows in requests:
+        end = start + int(rows)
+        samples.append(Sample(float(arrived), request_id, model, protocol, route, inputs[start:end],
+                              outputs[start:end], float(latency_s)))
+        start = end
+    return samples

@@ -1,0 +1,194 @@
+"""The capture compactor (``maas.capture_compactor``): spool -> Parquet with every row exactly once,
+after crafted crashes at each step; damaged spool files set aside; and as a real process: one
+compacts while another waits, the waiting one takes over when the first is killed, and one whose
+replica is gone compacts what is left and exits."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maas.capture import Sample, list_files, read_captured
+from maas.capture_compactor import BAD_DIR, CLAIM, STATUS, compact, start
+from maas.capture_spool import spool_dir, spool_files, write_spool
+from maas.data import DataSchema
+from maas.serving.model import LoadedModel
+from tests.conftest import REPO
+
+MODEL = "digits"
+SCHEMA = DataSchema(input_shape=(3,), classes=["a", "b"])
+SEQ = itertools.count(1)
+
+
+def spool_requests(root: Path, first: int, count: int, version: int = 1) -> list[str]:
+    """``count`` requests of 2 rows spooled as one file; their ids."""
+    ids = [f"req-{i}" for i in range(first, first + count)]
+    samples = [Sample(time.time(), rid, LoadedModel(MODEL, version, SCHEMA, None, {}), "v1", "default",
+                      np.full((2, 3), i, np.float32), np.full((2, 2), 0.5, np.float32), 0.001)
+               for i, rid in enumerate(ids, start=first)]
+    write_spool(spool_dir(str(root), MODEL), samples, "replica", SEQ.__next__)
+    return ids
+
+
+def captured_ids(root: Path) -> list[str]:
+    now = datetime.now(timezone.utc)
+    got = read_captured(str(root), MODEL, now - timedelta(hours=2), now + timedelta(minutes=5))
+    return sorted(got.request_ids)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_compaction_writes_each_row_once_in_fewer_larger_files(tmp_path: Path) -> None:
+    sent = [rid for flush in range(6)
+            for rid in spool_requests(tmp_path, flush * 10, 10, version=1 + flush % 2)]
+    spool = spool_dir(str(tmp_path), MODEL)
+    assert len(spool_files(spool)) == 6
+    done = compact(spool, str(tmp_path), MODEL, "c1")
+    # one Parquet file per version, not one per spool file
+    assert (done.rows, done.spool_files, done.parquet_files, done.bad_files) == (120, 6, 2, 0)
+    assert spool_files(spool) == [] and not Path(spool, CLAIM).exists()
+    assert captured_ids(tmp_path) == sorted(rid for rid in sent for _ in range(2))
+    assert compact(spool, str(tmp_path), MODEL, "c1").rows == 0  # nothing twice
+
+
+def test_a_crash_before_the_claim_is_done_leaves_no_partial_file(tmp_path: Path) -> None:
+    sent = spool_requests(tmp_path, 0, 5)
+    spool = spool_dir(str(tmp_path), MODEL)
+    prefix = "20260101T000000000000Z-dead-"
+    hour = Path(tmp_path, ".maas/capture/model=digits/version=1/hour=2026-01-01T00")
+    partial = hour / f"{prefix}000001.parquet"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"PAR1 half a file")  # what a compactor killed mid-write leaves
+    Path(spool, CLAIM).write_text(json.dumps({"prefix": prefix, "spool": [p.name for p in spool_files(spool)],
+                                              "done": False}))
+    assert compact(spool, str(tmp_path), MODEL, "c2").rows == 10
+    assert not partial.exists()
+    assert captured_ids(tmp_path) == sorted(rid for rid in sent for _ in range(2))
+
+
+def test_a_crash_after_the_claim_is_done_writes_nothing_twice(tmp_path: Path) -> None:
+    spool = spool_dir(str(tmp_path), MODEL)
+    sent = spool_requests(tmp_path, 0, 5)
+    names = [p.name for p in spool_files(spool)]
+    kept = {name: Path(spool, name).read_bytes() for name in names}
+    first = compact(spool, str(tmp_path), MODEL, "c3")
+    for name, data in kept.items():  # killed after the Parquet was in place, before the deletes
+        Path(spool, name).write_bytes(data)
+    Path(spool, CLAIM).write_text(json.dumps({"prefix": "x-", "spool": names, "done": True}))
+    assert first.rows == 10 and compact(spool, str(tmp_path), MODEL, "c3").rows == 0
+    assert captured_ids(tmp_path) == sorted(rid for rid in sent for _ in range(2))
+
+
+def test_a_damaged_spool_file_is_set_aside_and_the_rest_compacted(tmp_path: Path) -> None:
+    spool = spool_dir(str(tmp_path), MODEL)
+    good = spool_requests(tmp_path, 0, 3)
+    spool_requests(tmp_path, 100, 3)
+    damaged = spool_files(spool)[-1]
+    damaged.write_bytes(damaged.read_bytes()[:-5])  # a disk that filled mid-write
+    done = compact(spool, str(tmp_path), MODEL, "c4")
+    assert (done.rows, done.bad_files) == (6, 1) and "expected" in done.last_error
+    assert Path(spool, BAD_DIR, damaged.name).exists() and spool_files(spool) == []
+    assert captured_ids(tmp_path) == sorted(rid for rid in good for _ in range(2))
+
+
+# --- the process --------------------------------------------------------------------------------
+
+def _status(spool: str) -> dict:
+    try:
+        return json.loads(Path(spool, STATUS).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture
+def compactors(tmp_path: Path):
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_one_compactor_works_a_standby_takes_over_when_it_is_killed(tmp_path: Path, compactors: list) -> None:
+    spool = spool_dir(str(tmp_path), MODEL)
+    first = start(spool, str(tmp_path), MODEL, interval_s=0.2)
+    compactors.append(first)
+    sent = spool_requests(tmp_path, 0, 4)
+    wait_for(lambda: len(captured_ids(tmp_path)) == 8)
+    standby = start(spool, str(tmp_path), MODEL, interval_s=0.2)
+    compactors.append(standby)
+    time.sleep(1.5)
+    assert _status(spool)["pid"] == first.pid  # the standby waits for the lock
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    sent += spool_requests(tmp_path, 10, 4)
+    wait_for(lambda: len(captured_ids(tmp_path)) == 16)
+    assert _status(spool)["pid"] == standby.pid
+    assert captured_ids(tmp_path) == sorted(rid for rid in sent for _ in range(2))
+    standby.send_signal(signal.SIGTERM)  # a replica turning capture off: last pass, then exit
+    assert standby.wait(timeout=30) == 0
+    once = subprocess.run([sys.executable, "-m", "maas.capture_compactor", "--spool", spool, "--registry",
+                           str(tmp_path), "--model", MODEL, "--once"], env=_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert once.returncode == 0 and json.loads(once.stdout)["rows"] == 0
+
+
+def test_a_compactor_whose_replica_is_gone_compacts_what_is_left_and_exits(tmp_path: Path) -> None:
+    spool = spool_dir(str(tmp_path), MODEL)
+    sent = spool_requests(tmp_path, 0, 5)
+    # a "replica" that starts a compactor (interval: an hour) and dies at once
+    replica = subprocess.run(
+        [sys.executable, "-c", "import sys; from maas.capture_compactor import start; "
+         f"print(start({spool!r}, {str(tmp_path)!r}, {MODEL!r}, interval_s=3600).pid)"],
+        env=_env(), capture_output=True, text=True, timeout=60, check=True)
+    pid = int(replica.stdout)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists()
+             or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z")  # exited (a zombie: nobody reaps)
+    assert captured_ids(tmp_path) == sorted(rid for rid in sent for _ in range(2))
+    assert spool_files(spool) == [] and len(list_files(str(tmp_path), MODEL)) == 1
+
+
+def test_a_replica_starts_its_compactor_and_stops_it_when_capture_turns_off(tmp_path: Path) -> None:
+    import asyncio
+
+    from maas.serving.capture import Capture
+    from maas.serving.settings import CaptureSettings
+
+    async def scenario() -> None:
+        capture = Capture(MODEL, str(tmp_path), CaptureSettings(rate=1.0), "replica")
+        capture.start()
+        model = LoadedModel(MODEL, 1, SCHEMA, None, {})
+        for i in range(3):
+            capture.offer(f"a{i}", model, "v1", "default", np.ones((2, 3), np.float32), np.ones((2, 2)), 0.0)
+        await capture.flush()
+        compactor = capture.compactor
+        assert compactor is not None and capture.state()["spool"]["compactor_pid"] == compactor.pid
+        await asyncio.to_thread(wait_for, lambda: len(captured_ids(tmp_path)) == 6)
+        capture.offer("last", model, "v1", "default", np.ones((1, 3), np.float32), np.ones((1, 2)), 0.0)
+        await capture.close()  # settings turned capture off: spooled, then the compactor's last pass
+        assert await asyncio.to_thread(compactor.wait, 30) == 0
+        assert captured_ids(tmp_path) == ["a0", "a0", "a1", "a1", "a2", "a2", "last"]
+        assert capture.state()["spool"]["compactor"]["rows"] >= 1
+
+    asyncio.run(scenario())

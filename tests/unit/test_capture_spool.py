@@ -1,0 +1,98 @@
+"""The capture spool (``maas.capture_spool``): what a replica writes is what the compactor reads,
+for tensor, text and table models; a file that is not whole or not one is refused, never read as
+rows; the spool's bound drops and counts, and the request path never waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maas.capture import Sample, model_dir
+from maas.capture_spool import MAGIC, PREFIX, read_spool, spool_bytes, spool_dir, spool_files, write_spool
+from maas.data import DataSchema
+from maas.errors import DataError
+from maas.serving.capture import Capture
+from maas.serving.model import LoadedModel
+from maas.serving.settings import CaptureSettings
+
+IMAGE = DataSchema(input_shape=(2, 2), classes=[3, 7])
+TEXT = DataSchema(input_shape=(), classes=["negative", "positive"], dtype="string")
+TABLE = DataSchema(input_shape=(2,), classes=["no", "yes"], dtype="table", feature_names=["age", "city"])
+
+
+def sample(request_id: str, schema: DataSchema, inputs: np.ndarray, version: int = 1) -> Sample:
+    outputs = np.random.default_rng(len(request_id)).random((len(inputs), 2)).astype(np.float32)
+    return Sample(1.7e9 + len(request_id), request_id, LoadedModel("m", version, schema, None, {}), "v2",
+                  "label/stable", inputs, outputs, 0.0125)
+
+
+def test_a_spool_file_reads_back_as_the_requests_written(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    samples = [sample(f"r{i}", IMAGE, rng.random((i + 1, 2, 2)).astype(np.float32), version=1 + i % 2)
+               for i in range(5)]
+    files = write_spool(str(tmp_path), samples, "w", itertools.count(1).__next__)
+    assert [(v, rows) for _, v, rows in files] == [(1, 1 + 3 + 5), (2, 2 + 4)]  # a file per version
+    back = [s for path in spool_files(str(tmp_path)) for s in read_spool(path)]
+    assert [s.request_id for s in back] == ["r0", "r2", "r4", "r1", "r3"]
+    by_id = {s.request_id: s for s in back}
+    for original in samples:
+        got = by_id[original.request_id]
+        assert np.array_equal(got.inputs, original.inputs.reshape(len(original.inputs), -1))
+        assert np.array_equal(got.outputs, original.outputs)
+        assert (got.time, got.protocol, got.route) == (original.time, "v2", "label/stable")
+        assert got.latency_s == 0.0125
+        assert got.model.version == original.model.version and got.model.schema == IMAGE
+    assert not list(tmp_path.glob(".*"))  # no hidden file left behind
+
+
+def test_text_and_table_inputs_travel_in_the_header(tmp_path: Path) -> None:
+    write_spool(str(tmp_path), [sample("t", TEXT, np.array(["so good", b"bad"], dtype=object))], "w",
+                itertools.count(1).__next__)
+    write_spool(str(tmp_path), [sample("c", TABLE, np.array([["41.0", "x"], ["nan", "y"]], dtype=object))],
+                "w", itertools.count(2).__next__)
+    text, table = (read_spool(path)[0] for path in spool_files(str(tmp_path)))
+    assert text.inputs.reshape(-1).tolist() == ["so good", "bad"] and text.model.schema.is_text
+    assert table.inputs.tolist() == [["41.0", "x"], ["nan", "y"]] and table.model.schema.is_table
+
+
+@pytest.mark.parametrize("damage", ["truncated", "magic", "header", "short arrays", "empty"])
+def test_a_damaged_spool_file_is_refused(tmp_path: Path, damage: str) -> None:
+    [(path, _, _)] = write_spool(str(tmp_path), [sample("r", IMAGE, np.ones((3, 2, 2), np.float32))], "w",
+                                 itertools.count(1).__next__)
+    data = Path(path).read_bytes()
+    header_end = PREFIX.size + PREFIX.unpack_from(data)[1]
+    crafted = {"truncated": data[:-1], "magic": b"NOTMAAS!" + data[8:],
+               "header": data[:20] + b"{" + data[21:], "short arrays": data[:header_end + 8],
+               "empty": b""}[damage]
+    Path(path).write_bytes(crafted)
+    with pytest.raises(DataError):
+        read_spool(path)
+    assert data.startswith(MAGIC)
+
+
+def test_the_spool_lives_under_the_model_or_in_a_local_folder_for_an_object_store() -> None:
+    assert spool_dir("/reg", "m") == f"{model_dir('/reg', 'm')}/_spool"
+    local = spool_dir("s3://bucket/reg", "m")
+    assert "://" not in local and local.endswith("/model=m") and local != spool_dir("s3://other/reg", "m")
+
+
+def test_a_full_spool_drops_and_counts_and_never_makes_a_request_wait(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        settings = CaptureSettings(rate=1.0, max_spool_mb=1, compaction="external")  # nothing empties it
+        capture = Capture("m", str(tmp_path), settings, "r")
+        rows = np.ones((2048, 2, 2), np.float32)  # 32 KiB of inputs a request
+        for round_ in range(40):
+            capture.offer(f"r{round_}", LoadedModel("m", 1, IMAGE, None, {}), "v1", "default", rows,
+                          np.ones((2048, 2), np.float32), 0.0)
+            await capture.flush()
+        assert spool_bytes(capture.spool) < (1 << 20) + 2 * 48 * 1024  # past the bound by one write at most
+        state = capture.state()
+        assert state["dropped_spool_full"] > 0 and state["dropped_requests"] == state["dropped_spool_full"]
+        assert state["sampled_requests"] == 40 and state["written_rows"] + state["dropped_rows"] == 40 * 2048
+        assert state["spool"]["files"] == len(spool_files(capture.spool)) == state["written_rows"] // 2048
+
+    asyncio.run(scenario())
