@@ -208,12 +208,33 @@ def audit_everything(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def capture_everything(config: dict[str, Any]) -> dict[str, Any]:
-    """Every request of every ingress-hosted model captured (Parquet under the registry)."""
+def capture_everything(config: dict[str, Any], compaction: str = "process") -> dict[str, Any]:
+    """Every request of every ingress-hosted model captured (spooled, then Parquet under the
+    registry by the compaction named)."""
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
     for settings in ingress["user_config"]["models"].values():
-        settings["capture"] = {"rate": 1.0}
+        settings["capture"] = {"rate": 1.0, "compaction": compaction}
     return config
+
+
+def capture_drain(registry: str, drains: list[dict[str, float]], limit_s: float = 300) -> Callable[[], None]:
+    """After a capturing server's load: what it left in the spool, and how long its compactor (which
+    waits for a lull while the machine serves flat out) took to turn it into Parquet once the load
+    stopped; its CPU time per row. Appended to ``drains``."""
+    from maas.capture_compactor import status
+    from maas.capture_spool import spool_bytes, spool_dir, spool_files
+
+    spool = spool_dir(registry, "digits_mlp")
+
+    def after() -> None:
+        backlog, started = spool_bytes(spool), time.monotonic()
+        while spool_files(spool) and time.monotonic() - started < limit_s:
+            time.sleep(0.25)
+        report = status(spool) or {}
+        drains.append({"backlog_mb": backlog / 2**20, "drain_s": time.monotonic() - started,
+                       "left_files": len(spool_files(spool)), "rows": report.get("rows", 0),
+                       "cpu_s": report.get("cpu_s", 0.0)})
+    return after
 
 
 def start_ours(root: str, port: int, work: Path, haproxy: bool, niceness: int,
@@ -287,9 +308,10 @@ def stop(server: subprocess.Popen) -> None:
 
 
 def measure(start: Any, one: str, many: str, seconds: int, work: Path,
-            check: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+            check: Callable[[str], None] | None = None,
+            after: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
     """``start(port)`` a server, ``check(url)`` its answers if given, warm it up, then time it on
-    ``one`` and ``many`` with wrk; always stops it."""
+    ``one`` and ``many`` with wrk, then ``after()`` if given; always stops it."""
     port = free_port()
     server = start(port)
     url = f"http://127.0.0.1:{port}/v1/models/digits_mlp:predict"
@@ -298,8 +320,11 @@ def measure(start: Any, one: str, many: str, seconds: int, work: Path,
         if check is not None:
             check(url)
         run_wrk(url, one, 3, work)  # warm-up
-        return {"one": run_wrk(url, one, seconds, work, server.pid),
-                "many": run_wrk(url, many, seconds, work, server.pid)}
+        timed = {"one": run_wrk(url, one, seconds, work, server.pid),
+                 "many": run_wrk(url, many, seconds, work, server.pid)}
+        if after is not None:
+            after()
+        return timed
     finally:
         stop(server)
 
@@ -400,6 +425,7 @@ def request_bodies() -> dict[str, str]:
 def run_rounds(starters: dict[str, Callable[[int], subprocess.Popen]], checks: dict[str, Any],
                bodies: dict[str, str], seconds: int, rounds: int, work: Path,
                per_round: dict[str, list[dict[str, dict[str, float]]]] | None = None,
+               afters: dict[str, Callable[[], None]] | None = None,
                ) -> dict[str, dict[str, dict[str, float]]]:
     """Each server ``rounds`` times, in alternating order (this VM's speed drifts by tens of percent
     between minutes; a ratio of measurements taken side by side is what we trust); the mean.
@@ -411,7 +437,7 @@ def run_rounds(starters: dict[str, Callable[[int], subprocess.Popen]], checks: d
     for round_number in range(rounds):
         for name in names if round_number % 2 == 0 else names[::-1]:
             runs[name].append(measure(starters[name], bodies["one"], bodies["many"], seconds, work,
-                                      check=checks.get(name)))
+                                      check=checks.get(name), after=(afters or {}).get(name)))
             r = runs[name][-1]
             print(f"round {round_number + 1} {name}: {r['one']['rps']:.0f} req/s 1-row, "
                   f"{r['many']['rps'] * 64:.0f} rows/s 64-row", flush=True)
@@ -473,6 +499,8 @@ def main() -> None:
                         help="also measure the app writing every prediction to the audit trail")
     parser.add_argument("--capture", action="store_true",
                         help="also measure the app capturing every request for retraining (rate 1.0)")
+    parser.add_argument("--capture-compaction", choices=["process", "inline", "external"], default="process",
+                        help="who writes the captured Parquet (capture.compaction; process: as shipped)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -510,11 +538,14 @@ def main() -> None:
                                                               edit=audit_everything)
         if args.capture:
             starters["ours_capture_all"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
-                                                                edit=capture_everything)
+                                                                edit=lambda c: capture_everything(
+                                                                    c, args.capture_compaction))
         check = answers_match(expected, bodies)
         runs: dict[str, list[dict[str, dict[str, float]]]] = {}
+        drains: list[dict[str, float]] = []
+        afters = {"ours_capture_all": capture_drain(registry, drains)} if args.capture else {}
         results = run_rounds(starters, {name: check for name in starters}, bodies, args.seconds,
-                             args.rounds, work, per_round=runs)
+                             args.rounds, work, per_round=runs, afters=afters)
     print_table(results)
     if kserve_problem:
         print(f"kserve: not measured: {kserve_problem}")
@@ -532,6 +563,11 @@ def main() -> None:
               f"(goal >= 0.95)")
         print(f"  capture, single-row, round by round: {paired_ratios(runs, 'ours_capture_all', 'one')}")
         print(f"  capture, 64-row, round by round: {paired_ratios(runs, 'ours_capture_all', 'many')}")
+        for number, drain in enumerate(drains, start=1):
+            print(f"  capture round {number}: {drain['backlog_mb']:.0f} MiB spooled during the load, "
+                  f"turned into Parquet {drain['drain_s']:.1f} s after it ({drain['left_files']} spool "
+                  f"files left); the compactor wrote {drain['rows']} rows in {drain['cpu_s']:.1f} CPU s "
+                  f"({1e6 * drain['cpu_s'] / max(1, drain['rows']):.1f} us a row)")
     peers = {name: r for name, r in results.items() if name in ("baseline", "tuned_fastapi", "kserve")}
     line = (f"RESULT rps={ours['one']['rps']:.0f} rows_per_s={ours['many']['rps'] * 64:.0f} "
             f"p99_ms={ours['one']['p99']:.1f}")

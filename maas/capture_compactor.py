@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from maas.capture import WRITTEN_FORMAT, list_files, model_dir, write_samples
-from maas.capture_spool import read_spool, spool_files
+from maas.capture_spool import read_spool, spool_bytes, spool_files
 from maas.errors import DataError
 from maas.storage import filesystem_for
 
@@ -68,16 +68,17 @@ class Compacted:
 
 
 def compact(spool: str, registry_root: str, model: str, writer: str, batch_bytes: int = 64 << 20,
-            next_seq: Callable[[], int] | None = None) -> Compacted:
+            next_seq: Callable[[], int] | None = None,
+            keep_going: Callable[[], bool] = lambda: True) -> Compacted:
     """Every finished spool file in ``spool`` -> Parquet under ``registry_root`` (see the module's
     docstring for the order that keeps a row in exactly one place). Holds at most ``batch_bytes``
-    of spool in memory at a time."""
+    of spool in memory at a time; asks ``keep_going()`` before each batch after the first."""
     recover(spool, registry_root, model)
     sequence = iter(range(1, 1 << 62))
     next_seq = next_seq or (lambda: next(sequence))
     done = Compacted()
     files = spool_files(spool)
-    while files:
+    while files and (done.spool_files == 0 or keep_going()):
         batch = _take(files, batch_bytes)
         files = files[len(batch):]
         samples, readable = [], []
@@ -171,41 +172,123 @@ def status(spool: str) -> dict[str, Any] | None:
 # The process
 
 
-def start(spool: str, registry_root: str, model: str, interval_s: float = 2.0) -> subprocess.Popen:
+def start(spool: str, registry_root: str, model: str, policy: Policy | None = None) -> subprocess.Popen:
     """A compactor for ``spool``, child of this process (it exits once this one is gone). In a
     session of its own, so a signal to the replica's process group does not stop it mid-write."""
     os.makedirs(spool, exist_ok=True)
+    policy = policy or Policy()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     return subprocess.Popen(
         [sys.executable, "-m", "maas.capture_compactor", "--spool", spool, "--registry", registry_root,
-         "--model", model, "--parent", str(os.getpid()), "--interval", str(interval_s)],
+         "--model", model, "--parent", str(os.getpid()), *policy.args()],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
-def run(spool: str, registry_root: str, model: str, parent: int | None, interval_s: float,
-        batch_bytes: int, stop: threading.Event) -> Compacted:
-    """Wait for the spool's lock (a standby while another compactor holds it), then compact every
-    ``interval_s`` until ``stop`` is set or ``parent`` is gone, and once more after."""
+@dataclass(frozen=True)
+class Policy:
+    """When the compactor works. Every ``interval_s`` it looks at the machine: it compacts when at
+    least ``idle_pct`` of the CPU time went unused (its own use counted as unused), when the
+    oldest spool file has waited ``max_delay_s``, or when the spool holds half of
+    ``max_spool_bytes`` (so replicas never drop for want of compaction while it waits), and
+    stops between batches once none of these holds. On a machine serving flat out, the Parquet
+    encoding so waits for a lull instead of taking CPU from requests, up to ``max_delay_s``."""
+
+    interval_s: float = 2.0
+    batch_bytes: int = 64 << 20
+    idle_pct: float = 30.0
+    max_delay_s: float = 900.0
+    max_spool_bytes: int = 2048 << 20
+
+    def args(self) -> list[str]:
+        return ["--interval", str(self.interval_s), "--batch-mb", str(self.batch_bytes >> 20),
+                "--idle-pct", str(self.idle_pct), "--max-delay", str(self.max_delay_s),
+                "--max-spool-mb", str(self.max_spool_bytes >> 20)]
+
+
+class MachineLoad:
+    """The share of CPU time left unused since the last look (``/proc/stat``: idle and iowait
+    over all cores), this process's own use counted as unused. A look too soon after the last
+    (under ``MIN_TICKS`` of CPU time) gives the last measure, 0 (busy) before the first; where
+    there is no ``/proc/stat``, None (unknown)."""
+
+    MIN_TICKS = 20  # 0.1 s of two cores at 100 ticks a second
+
+    def __init__(self, stat: str = "/proc/stat"):
+        self.stat = stat
+        self._last = self._sample()
+        self._measured = 0.0
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        try:
+            fields = [float(v) for v in Path(self.stat).read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        return sum(fields[:8]), fields[3] + fields[4], time.process_time() * tick
+
+    def unused_pct(self) -> float | None:
+        now, last = self._sample(), self._last
+        if now is None or last is None:
+            return None
+        if now[0] - last[0] >= self.MIN_TICKS:
+            self._last = now
+            self._measured = 100.0 * min(1.0, (now[1] - last[1] + now[2] - last[2]) / (now[0] - last[0]))
+        return self._measured
+
+
+def due(spool: str, policy: Policy, unused_pct: float | None) -> str | None:
+    """Why compaction should run now (None: it waits for a lull)."""
+    files = spool_files(spool)
+    if not files:
+        return None
+    if unused_pct is None or unused_pct >= policy.idle_pct:
+        return "machine idle" if unused_pct is not None else "machine load unknown"
+    try:
+        oldest = files[0].stat().st_mtime
+    except FileNotFoundError:
+        return "spool changed"
+    if time.time() - oldest >= policy.max_delay_s:
+        return f"oldest spool file waited {policy.max_delay_s:.0f} s"
+    if spool_bytes(spool) * 2 >= policy.max_spool_bytes:
+        return "spool half full"
+    return None
+
+
+def run(spool: str, registry_root: str, model: str, parent: int | None, policy: Policy,
+        stop: threading.Event) -> Compacted:
+    """Wait for the spool's lock (a standby while another compactor holds it), then compact as
+    ``policy`` says until ``stop`` is set or ``parent`` is gone, and then all that is left."""
     os.makedirs(spool, exist_ok=True)
     writer = f"c{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    totals = Compacted()
+    totals, load = Compacted(), MachineLoad()
     with open(Path(spool, LOCK), "a+") as lock:
         while not _locked(lock):
             if stop.is_set() or not _alive(parent):
                 return totals  # the holder compacts what is left
-            _pause(stop, parent, interval_s)
+            _pause(stop, parent, policy.interval_s)
+        load.unused_pct()  # from now on
         while True:
             last = stop.is_set() or not _alive(parent)
-            try:
-                totals.add(compact(spool, registry_root, model, writer, batch_bytes))
-            except Exception as exc:  # noqa: BLE001 - reported, and the next pass retries
-                totals.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                print(f"maas capture compactor ({model}): {totals.last_error}", file=sys.stderr, flush=True)
-            _write_json(Path(spool, STATUS), {"pid": os.getpid(), "writer": writer, "at": time.time(),
-                                              "backlog_files": len(spool_files(spool)), **asdict(totals)})
+            reason = "last pass" if last else due(spool, policy, load.unused_pct())
+            if reason is not None:
+                _pass(spool, registry_root, model, writer, policy, totals,
+                      (lambda: True) if last else (lambda: due(spool, policy, load.unused_pct()) is not None))
+            _write_json(Path(spool, STATUS), {
+                "pid": os.getpid(), "writer": writer, "at": time.time(),
+                "why": reason or "waiting for a lull", "backlog_files": len(spool_files(spool)),
+                "backlog_bytes": spool_bytes(spool), "cpu_s": time.process_time(), **asdict(totals)})
             if last:
                 return totals
-            _pause(stop, parent, interval_s)
+            _pause(stop, parent, policy.interval_s)
+
+
+def _pass(spool: str, registry_root: str, model: str, writer: str, policy: Policy, totals: Compacted,
+          keep_going: Callable[[], bool]) -> None:
+    try:
+        totals.add(compact(spool, registry_root, model, writer, policy.batch_bytes, keep_going=keep_going))
+    except Exception as exc:  # noqa: BLE001 - reported, and the next pass retries
+        totals.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        print(f"maas capture compactor ({model}): {totals.last_error}", file=sys.stderr, flush=True)
 
 
 def _pause(stop: threading.Event, parent: int | None, seconds: float) -> None:
@@ -269,14 +352,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", required=True, help="the registry root (local path or URI)")
     parser.add_argument("--model", required=True, help="the model's name")
     parser.add_argument("--parent", type=int, help="exit (after a last pass) once this process is gone")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between passes")
-    parser.add_argument("--batch-mb", type=int, default=64, help="most spool held in memory per write")
+    parser.add_argument("--interval", type=float, default=Policy.interval_s, help="seconds between looks")
+    parser.add_argument("--batch-mb", type=int, default=Policy.batch_bytes >> 20,
+                        help="most spool held in memory per write")
+    parser.add_argument("--idle-pct", type=float, default=Policy.idle_pct,
+                        help="compact when this share of the machine's CPU went unused (0: always)")
+    parser.add_argument("--max-delay", type=float, default=Policy.max_delay_s,
+                        help="... or once the oldest spool file waited this many seconds")
+    parser.add_argument("--max-spool-mb", type=int, default=Policy.max_spool_bytes >> 20,
+                        help="... or once the spool holds half of this")
     parser.add_argument("--once", action="store_true", help="one pass now, without waiting for the lock")
     args = parser.parse_args(argv)
     _lower_priority()
     if args.once:
         return _once(args.spool, args.registry, args.model, args.batch_mb << 20)
-    run(args.spool, args.registry, args.model, args.parent, args.interval, args.batch_mb << 20, stop)
+    policy = Policy(args.interval, args.batch_mb << 20, args.idle_pct, args.max_delay,
+                    args.max_spool_mb << 20)
+    run(args.spool, args.registry, args.model, args.parent, policy, stop)
     return 0
 
 

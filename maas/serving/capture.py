@@ -105,6 +105,9 @@ class Capture:
         self.flush_rows, self.max_rows = settings.flush_rows, settings.max_buffered_rows
         self.max_spool_bytes = settings.max_spool_mb << 20
         self.compaction = settings.compaction
+        self.policy = capture_compactor.Policy(idle_pct=settings.compact_idle_pct,
+                                               max_delay_s=settings.compact_within_s,
+                                               max_spool_bytes=self.max_spool_bytes)
         if self.compaction != "process":
             self.stop_compactor()
 
@@ -241,7 +244,8 @@ class Capture:
         elif self.compaction == "process" and not self.closed and (
                 self.compactor is None or self.compactor.poll() is not None):
             try:
-                self.compactor = capture_compactor.start(self.spool, self.registry_root, self.model_name)
+                self.compactor = capture_compactor.start(self.spool, self.registry_root, self.model_name,
+                                                         self.policy)
                 self.compactor_starts += 1
             except OSError as exc:  # the spool keeps the rows: a later write tries again
                 self.compacted.last_error = f"compactor not started: {exc}"[:500]

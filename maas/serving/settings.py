@@ -123,6 +123,15 @@ class CaptureSettings(StrictSchema):
                     "nice 19, on CPU time serving leaves idle; inline: the replica's writer thread, no "
                     "other process, at a cost to serving throughput; external: nothing here, you run "
                     "`python -m maas.capture_compactor` (a sidecar, a cron job, another node).")
+    compact_idle_pct: float = Field(
+        30.0, ge=0, le=100,
+        description="compaction process: compact when at least this share of the machine's CPU went "
+                    "unused over the last look (every 2 s): the Parquet encoding waits for a lull "
+                    "instead of taking CPU from requests. 0: compact at once, whatever the load.")
+    compact_within_s: float = Field(
+        900.0, ge=1, le=86_400,
+        description="compaction process: ... and at the latest once the oldest spooled request has "
+                    "waited this long (or the spool holds half of max_spool_mb), busy or not.")
     max_spool_mb: int = Field(
         2048, ge=1, le=1_048_576,
         description="Most MiB of captured requests waiting in the model's spool on one machine for the "

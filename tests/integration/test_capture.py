@@ -84,7 +84,7 @@ def test_captured_rows_equal_the_requests_sent_with_labels_joined(serve_http, ca
 
     from serve.app import build_app
 
-    capture = {"rate": 1.0, "flush_s": 0.5}
+    capture = {"rate": 1.0, "flush_s": 0.5, "compact_idle_pct": 0}  # compact whatever the load
     app = build_app({"registry_root": capture_registry.root_uri, "models": [
         {"name": HOSTED, "hosting": "ingress", "user_config": {"capture": capture}},
         {"name": OWN, "hosting": "deployment", "user_config": {"capture": {**capture, "flush_s": 3600}}}]})

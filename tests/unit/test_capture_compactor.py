@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from maas.capture import Sample, list_files, read_captured
-from maas.capture_compactor import BAD_DIR, CLAIM, STATUS, compact, start
+from maas.capture_compactor import BAD_DIR, CLAIM, STATUS, MachineLoad, Policy, compact, due, start
 from maas.capture_spool import spool_dir, spool_files, write_spool
 from maas.data import DataSchema
 from maas.serving.model import LoadedModel
@@ -29,6 +29,7 @@ from tests.conftest import REPO
 MODEL = "digits"
 SCHEMA = DataSchema(input_shape=(3,), classes=["a", "b"])
 SEQ = itertools.count(1)
+FAST = Policy(interval_s=0.2, idle_pct=0)  # looks often, compacts whatever the machine's load
 
 
 def spool_requests(root: Path, first: int, count: int, version: int = 1) -> list[str]:
@@ -132,11 +133,11 @@ def compactors(tmp_path: Path):
 
 def test_one_compactor_works_a_standby_takes_over_when_it_is_killed(tmp_path: Path, compactors: list) -> None:
     spool = spool_dir(str(tmp_path), MODEL)
-    first = start(spool, str(tmp_path), MODEL, interval_s=0.2)
+    first = start(spool, str(tmp_path), MODEL, FAST)
     compactors.append(first)
     sent = spool_requests(tmp_path, 0, 4)
     wait_for(lambda: len(captured_ids(tmp_path)) == 8)
-    standby = start(spool, str(tmp_path), MODEL, interval_s=0.2)
+    standby = start(spool, str(tmp_path), MODEL, FAST)
     compactors.append(standby)
     time.sleep(1.5)
     assert _status(spool)["pid"] == first.pid  # the standby waits for the lock
@@ -159,8 +160,8 @@ def test_a_compactor_whose_replica_is_gone_compacts_what_is_left_and_exits(tmp_p
     sent = spool_requests(tmp_path, 0, 5)
     # a "replica" that starts a compactor (interval: an hour) and dies at once
     replica = subprocess.run(
-        [sys.executable, "-c", "import sys; from maas.capture_compactor import start; "
-         f"print(start({spool!r}, {str(tmp_path)!r}, {MODEL!r}, interval_s=3600).pid)"],
+        [sys.executable, "-c", "from maas.capture_compactor import Policy, start; "
+         f"print(start({spool!r}, {str(tmp_path)!r}, {MODEL!r}, Policy(interval_s=3600)).pid)"],
         env=_env(), capture_output=True, text=True, timeout=60, check=True)
     pid = int(replica.stdout)
     wait_for(lambda: not Path(f"/proc/{pid}").exists()
@@ -176,7 +177,7 @@ def test_a_replica_starts_its_compactor_and_stops_it_when_capture_turns_off(tmp_
     from maas.serving.settings import CaptureSettings
 
     async def scenario() -> None:
-        capture = Capture(MODEL, str(tmp_path), CaptureSettings(rate=1.0), "replica")
+        capture = Capture(MODEL, str(tmp_path), CaptureSettings(rate=1.0, compact_idle_pct=0), "replica")
         capture.start()
         model = LoadedModel(MODEL, 1, SCHEMA, None, {})
         for i in range(3):
@@ -192,3 +193,55 @@ def test_a_replica_starts_its_compactor_and_stops_it_when_capture_turns_off(tmp_
         assert capture.state()["spool"]["compactor"]["rows"] >= 1
 
     asyncio.run(scenario())
+
+
+# --- when it works ------------------------------------------------------------------------------
+
+def test_compaction_waits_for_a_lull_up_to_a_delay_or_half_a_spool(tmp_path: Path) -> None:
+    spool = spool_dir(str(tmp_path), MODEL)
+    policy = Policy(idle_pct=30, max_delay_s=60, max_spool_bytes=1 << 30)
+    assert due(spool, policy, 100.0) is None  # nothing spooled
+    spool_requests(tmp_path, 0, 3)
+    assert due(spool, policy, 45.0) == "machine idle"
+    assert due(spool, policy, None) == "machine load unknown"
+    assert due(spool, policy, 5.0) is None  # busy, and the spool is fresh and small
+    oldest = spool_files(spool)[0]
+    os.utime(oldest, (time.time() - 61, time.time() - 61))
+    assert "waited 60 s" in due(spool, policy, 5.0)
+    os.utime(oldest, None)
+    small = Policy(idle_pct=30, max_spool_bytes=2 * oldest.stat().st_size)
+    assert due(spool, small, 5.0) == "spool half full"
+
+
+def test_machine_load_counts_idle_and_iowait_over_all_cores(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3\n")
+    load = MachineLoad(str(stat))
+    stat.write_text("cpu  250 0 250 800 100 0 0 0 0 0\ncpu0 1 2 3\n")  # 300 busy, 100 idle of 400
+    assert load.unused_pct() == pytest.approx(25.0, abs=1.0)  # (plus this process's few ticks)
+    stat.write_text("cpu  251 0 250 800 100 0 0 0 0 0\n")  # one tick later: too soon, the last measure
+    assert load.unused_pct() == pytest.approx(25.0, abs=1.0)
+    assert MachineLoad(str(stat)).unused_pct() == 0.0  # no measure yet: taken as busy
+    assert MachineLoad(str(tmp_path / "missing")).unused_pct() is None
+
+
+def test_a_compactor_defers_while_the_machine_is_busy_and_compacts_once_it_is_not(tmp_path: Path,
+                                                                                compactors: list) -> None:
+    spool = spool_dir(str(tmp_path), MODEL)
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(os.cpu_count() or 2)]
+    try:
+        time.sleep(0.5)
+        compactor = start(spool, str(tmp_path), MODEL, Policy(interval_s=0.3, idle_pct=30))
+        compactors.append(compactor)
+        sent = spool_requests(tmp_path, 0, 4)
+        wait_for(lambda: _status(spool).get("why") == "waiting for a lull")
+        time.sleep(1.5)
+        assert captured_ids(tmp_path) == [] and _status(spool)["backlog_files"] == 1
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    wait_for(lambda: len(captured_ids(tmp_path)) == 8)
+    assert captured_ids(tmp_path) == sorted(rid for rid in sent for _ in range(2))
+    assert _status(spool)["why"] in ("machine idle", "waiting for a lull")
