@@ -37,7 +37,7 @@ EDITS = {"plain": None, "audit": serve_load.audit_everything, "capture": serve_l
 # Each kind of our own work: a frame of one of these functions, or of code in one of these files.
 KINDS = {
     "audit": (("Dataplane._audit", "Dataplane._write_audit"), ("maas/audit.py",)),
-    "capture": ((), ("maas/serving/capture.py", "maas/capture.py")),
+    "capture": ((), ("maas/serving/capture.py", "maas/capture.py", "maas/capture_spool.py")),
     "caller": (("Dataplane._caller",), ()),
 }
 

@@ -17,12 +17,18 @@ own output (tf_keras, called here) before it is timed.
     .venv/bin/python bench/serve_load.py [--seconds 15] [--rounds 2] [--python-proxy]
                                          [--no-kserve] [--no-tuned] [--no-baseline]
                                          [--deployment-hosting] [--audit] [--capture]
+                                         [--capture-sustained] [--capture-compaction MODE]
 
 `--python-proxy` starts Ray without the HAProxy variables: Serve's Python proxy (`--haproxy`, the
 default now, is accepted and changes nothing). `--audit` adds the same app writing every prediction
 to the audit trail (audit_sample_rate: 1.0; the shipped default samples 1%): the audit trail's cost.
 `--capture` adds the same app capturing every request for retraining (the model's settings
 `capture: {rate: 1.0}`; the shipped config captures none): captured traffic's cost (goal <= 5%).
+The replica spools; its compactor waits for a lull to write the Parquet, so after each capturing
+server's load the bench waits for the spool to drain and prints how much the load left and how long
+and how much CPU turning it into Parquet took. `--capture-sustained` adds the same app with
+`compact_idle_pct: 0` (compacting during the load: the cost once saturation outlasts the spool);
+`--capture-compaction inline|external` measures the other modes.
 `--deployment-hosting` adds the same config with the model in a deployment of its own (hosting:
 deployment, one more Serve hop). The ceiling (the same stacks answering without a model) is
 bench/serve_ceiling.py.
@@ -208,12 +214,14 @@ def audit_everything(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def capture_everything(config: dict[str, Any], compaction: str = "process") -> dict[str, Any]:
+def capture_everything(config: dict[str, Any], compaction: str = "process",
+                       idle_pct: float | None = None) -> dict[str, Any]:
     """Every request of every ingress-hosted model captured (spooled, then Parquet under the
-    registry by the compaction named)."""
+    registry by the compaction named; ``idle_pct``: the compactor's compact_idle_pct, 0: at once)."""
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
     for settings in ingress["user_config"]["models"].values():
-        settings["capture"] = {"rate": 1.0, "compaction": compaction}
+        settings["capture"] = {"rate": 1.0, "compaction": compaction,
+                               **({"compact_idle_pct": idle_pct} if idle_pct is not None else {})}
     return config
 
 
@@ -499,6 +507,9 @@ def main() -> None:
                         help="also measure the app writing every prediction to the audit trail")
     parser.add_argument("--capture", action="store_true",
                         help="also measure the app capturing every request for retraining (rate 1.0)")
+    parser.add_argument("--capture-sustained", action="store_true",
+                        help="with --capture: also the same with compact_idle_pct 0, the compactor working "
+                             "during the load (what saturation that outlasts the spool costs)")
     parser.add_argument("--capture-compaction", choices=["process", "inline", "external"], default="process",
                         help="who writes the captured Parquet (capture.compaction; process: as shipped)")
     args = parser.parse_args()
@@ -540,6 +551,10 @@ def main() -> None:
             starters["ours_capture_all"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
                                                                 edit=lambda c: capture_everything(
                                                                     c, args.capture_compaction))
+        if args.capture and args.capture_sustained:
+            starters["ours_capture_busy"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
+                                                                 edit=lambda c: capture_everything(
+                                                                     c, args.capture_compaction, 0))
         check = answers_match(expected, bodies)
         runs: dict[str, list[dict[str, dict[str, float]]]] = {}
         drains: list[dict[str, float]] = []
@@ -563,6 +578,10 @@ def main() -> None:
               f"(goal >= 0.95)")
         print(f"  capture, single-row, round by round: {paired_ratios(runs, 'ours_capture_all', 'one')}")
         print(f"  capture, 64-row, round by round: {paired_ratios(runs, 'ours_capture_all', 'many')}")
+        if args.capture_sustained:
+            print(f"capture at 100%, compacting during the load: "
+                  f"{paired_ratios(runs, 'ours_capture_busy', 'one')} single-row; "
+                  f"{paired_ratios(runs, 'ours_capture_busy', 'many')} 64-row")
         for number, drain in enumerate(drains, start=1):
             print(f"  capture round {number}: {drain['backlog_mb']:.0f} MiB spooled during the load, "
                   f"turned into Parquet {drain['drain_s']:.1f} s after it ({drain['left_files']} spool "
@@ -595,6 +614,9 @@ def main() -> None:
                  f" capture_rows_ratio={captured['many']['rps'] / ours['many']['rps']:.3f}"
                  f" capture_rps_median={np.median(_paired(runs, 'ours_capture_all', 'one')):.3f}"
                  f" capture_rows_median={np.median(_paired(runs, 'ours_capture_all', 'many')):.3f}")
+        if args.capture_sustained:
+            line += (f" capture_busy_rps_median={np.median(_paired(runs, 'ours_capture_busy', 'one')):.3f}"
+                     f" capture_busy_rows_median={np.median(_paired(runs, 'ours_capture_busy', 'many')):.3f}")
     print(line)
 
 

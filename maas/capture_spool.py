@@ -94,7 +94,8 @@ def write_spool(directory: str, samples: Iterable[Sample], writer: str,
     """One spool file per version of ``samples``; [(path, version, rows)]."""
     groups: dict[int, list[Sample]] = {}
     for sample in samples:
-        groups.setdefault(sample.model.version, []).append(sample)
+        if len(sample.inputs):  # a request without rows has nothing to keep
+            groups.setdefault(sample.model.version, []).append(sample)
     os.makedirs(directory, exist_ok=True)
     written = datetime.now(timezone.utc).strftime(WRITTEN_FORMAT)
     files = []
@@ -107,8 +108,9 @@ def write_spool(directory: str, samples: Iterable[Sample], writer: str,
 
 def _write_file(path: str, samples: Sequence[Sample]) -> int:
     """Header, then each request's arrays as they lie in memory (no concatenation: the kernel
-    copies them into the page cache); written under a hidden name and renamed, so a reader never
-    sees part of a file."""
+    copies them into the page cache, in one ``writev`` call, so the writer thread gives the
+    event loop the GIL back once a flush, not once an array); written under a hidden name and
+    renamed, so a reader never sees part of a file."""
     schema = samples[0].model.schema
     tensor = not schema.string_input
     inputs = [np.ascontiguousarray(s.inputs, dtype=np.float32).reshape(len(s.inputs), -1) if tensor
@@ -130,15 +132,35 @@ def _write_file(path: str, samples: Sequence[Sample]) -> int:
     hidden = f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(hidden, "wb") as out:
-            out.write(PREFIX.pack(MAGIC, len(encoded)))
-            out.write(encoded)
-            for array in (inputs if tensor else []) + outputs:
-                out.write(array.data)
+            _write_all(out.fileno(), [PREFIX.pack(MAGIC, len(encoded)), encoded,
+                                      *(inputs if tensor else []), *outputs])
         os.replace(hidden, path)
     except BaseException:
         Path(hidden).unlink(missing_ok=True)
         raise
     return sum(len(x) for x in inputs)
+
+
+def _write_all(fd: int, buffers: list[Any]) -> None:
+    """Every byte of ``buffers`` (bytes or C-contiguous arrays), in as few ``writev`` calls as
+    the system allows (a call may write less than asked: the rest goes in the next)."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    limit = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first:first + limit])
+        if written == 0:
+            raise OSError(f"capture spool: nothing written of {sum(len(v) for v in views[first:])} bytes")
+        while written and first < len(views):
+            size = len(views[first])
+            if written < size:
+                views[first] = views[first][written:]
+                written = 0
+            else:
+                written -= size
+                first += 1
+        while first < len(views) and not len(views[first]):  # empty arrays: nothing to write
+            first += 1
 
 
 def _text(value: Any) -> str:

@@ -96,3 +96,20 @@ def test_a_full_spool_drops_and_counts_and_never_makes_a_request_wait(tmp_path: 
         assert state["spool"]["files"] == len(spool_files(capture.spool)) == state["written_rows"] // 2048
 
     asyncio.run(scenario())
+
+
+def test_a_write_cut_short_by_the_system_goes_on_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    real = os.writev
+
+    def stingy(fd: int, buffers: list) -> int:  # as a signal or a full pipe may: a few bytes at a time
+        return real(fd, [bytes(memoryview(buffers[0])[:7])])
+
+    monkeypatch.setattr(os, "writev", stingy)
+    rows = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    write_spool(str(tmp_path), [sample("r", IMAGE, rows), sample("s", IMAGE, rows[:0])], "w",
+                itertools.count(1).__next__)
+    monkeypatch.undo()
+    back = read_spool(spool_files(str(tmp_path))[0])
+    assert np.array_equal(back[0].inputs, rows.reshape(3, 4)) and len(back) == 1  # no rows: nothing kept
