@@ -1,5 +1,6 @@
-"""Captured traffic on storage: the Parquet layout serving writes (``maas.serving.capture``) and
-the reader that turns it into a training set (``data.source: capture``).
+"""Captured traffic on storage: the Parquet layout that capture's compactor writes from what
+serving spooled (``maas.serving.capture`` -> ``maas.capture_spool`` -> ``maas.capture_compactor``)
+and the reader that turns it into a training set (``data.source: capture``).
 
 Layout, under the registry's storage (a local path or any pyarrow filesystem URI), Hive-style so
 that pyarrow, pandas, Spark or DuckDB read it as it is::
@@ -72,7 +73,7 @@ def file_name(written: datetime, writer: str, seq: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing (called by serving's flusher, in a thread)
+# Writing (called by the compactor; feedback by serving's writer, in a thread)
 
 
 class Sample(NamedTuple):
