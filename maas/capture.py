@@ -141,12 +141,12 @@ def _input_columns(samples: Sequence[Sample], schema: Any, total: int) -> dict[s
     import pyarrow as pa
 
     if schema.is_text:
-        texts = [_text(v) for s in samples for v in np.asarray(s.inputs).reshape(-1)]
+        texts = [as_text(v) for s in samples for v in np.asarray(s.inputs).reshape(-1)]
         return {"input": pa.array(texts, pa.string())}
     if schema.is_table:
         cells = np.concatenate([np.asarray(s.inputs, dtype=object).reshape(len(s.inputs), -1)
                                 for s in samples])
-        values = pa.array([_text(v) for v in cells.reshape(-1)], pa.string())
+        values = pa.array([as_text(v) for v in cells.reshape(-1)], pa.string())
         width = cells.shape[1]
         offsets = pa.array(np.arange(total + 1, dtype=np.int32) * width)
         return {"input": pa.ListArray.from_arrays(offsets, values)}
@@ -165,7 +165,7 @@ def _list_column(matrix: np.ndarray, value_type: Any) -> Any:
     return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix).reshape(-1), value_type))
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from maas.capture import WRITTEN_FORMAT, Sample, model_dir
+from maas.capture import WRITTEN_FORMAT, Sample, as_text, model_dir
 from maas.data import DataSchema
 from maas.errors import DataError
 from maas.storage import is_uri
@@ -126,7 +126,7 @@ def _write_file(path: str, samples: Sequence[Sample]) -> int:
         "output_width": int(outputs[0].shape[1]),
     }
     if not tensor:
-        header["texts"] = [[_text(v) for v in row] for x in inputs for row in x]
+        header["texts"] = [[as_text(v) for v in row] for x in inputs for row in x]
     encoded = json.dumps(header, separators=(",", ":")).encode()
     directory, name = os.path.split(path)
     hidden = f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -161,10 +161,6 @@ def _write_all(fd: int, buffers: list[Any]) -> None:
                 first += 1
         while first < len(views) and not len(views[first]):  # empty arrays: nothing to write
             first += 1
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 # ---------------------------------------------------------------------------------------------
