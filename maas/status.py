@@ -110,12 +110,21 @@ def _model_row(app: str, model: str, state: str, replicas: int,
             reason = (rollout.get("decisions") or [{}])[-1].get("reason") or rollout.get("reason", "")
             row["rollout"] = f"canary{share} {rollout['state']}: {reason}"[:120]
         capture = status.get("capture")
-        if capture:  # this replica's capture: what it wrote, holds and dropped
-            row["capture"] = (f"{capture['rate']:g} of requests: {capture['written_rows']} rows written, "
+        if capture:  # this replica's capture: what it spooled, holds and dropped; what waits to compact
+            row["capture"] = (f"{capture['rate']:g} of requests: {capture['written_rows']} rows spooled, "
                               f"{capture['buffered_rows']} buffered, {capture['dropped_requests']} "
-                              f"requests dropped" + (f", last error: {capture['last_error']}"
-                                                     if capture.get("last_error") else ""))[:160]
+                              f"requests dropped" + _spool_waiting(capture.get("spool") or {})
+                              + (f", last error: {capture['last_error']}"
+                                 if capture.get("last_error") else ""))[:200]
     return row
+
+
+def _spool_waiting(spool: dict[str, Any]) -> str:
+    """What waits in the machine's spool for the compactor, and why it waits (its last report)."""
+    if not spool.get("files"):
+        return ""
+    why = (spool.get("compactor") or {}).get("why")
+    return f", {spool['files']} spool files to compact" + (f" ({why})" if why else "")
 
 
 def render(info: dict[str, Any]) -> str:

@@ -456,8 +456,12 @@ def test_maas_status_shows_what_capture_wrote_held_and_dropped() -> None:
     capture.update(written_rows=120, dropped_requests=3, last_error="OSError: read-only")
     row = _model_row("app", MODEL, "HEALTHY", 1, {"version": 1, "requests_last_minute": 60,
                                                   "capture": capture})
-    assert row["capture"] == ("0.5 of requests: 120 rows written, 0 buffered, 3 requests dropped, "
+    assert row["capture"] == ("0.5 of requests: 120 rows spooled, 0 buffered, 3 requests dropped, "
                               "last error: OSError: read-only")
+    capture.update(last_error=None, spool={"files": 7, "compactor": {"why": "waiting for a lull"}})
+    row = _model_row("app", MODEL, "HEALTHY", 1, {"version": 1, "requests_last_minute": 60,
+                                                  "capture": capture})
+    assert row["capture"].endswith("3 requests dropped, 7 spool files to compact (waiting for a lull)")
 
 
 def test_text_and_table_captures_load_as_training_rows(tmp_path: Path) -> None:
