@@ -92,10 +92,11 @@ def compact(spool: str, registry_root: str, model: str, writer: str, batch_bytes
                 done.last_error = str(exc)[:500]
         if samples:
             written = datetime.now(timezone.utc)
-            prefix = f"{written.strftime(WRITTEN_FORMAT)}-{writer}-"
-            _write_claim(spool, {"prefix": prefix, "spool": [p.name for p in readable], "done": False})
+            claim = {"prefix": f"{written.strftime(WRITTEN_FORMAT)}-{writer}-",
+                     "spool": [p.name for p in readable], "done": False}
+            _write_claim(spool, claim)
             paths = write_samples(registry_root, model, samples, writer, next_seq, written=written)
-            _write_claim(spool, {"prefix": prefix, "spool": [p.name for p in readable], "done": True})
+            _write_claim(spool, {**claim, "done": True})
             done.rows += sum(rows for _, _, rows in paths)
             done.parquet_files += len(paths)
         for path in readable:
@@ -259,7 +260,7 @@ def run(spool: str, registry_root: str, model: str, parent: int | None, policy: 
     """Wait for the spool's lock (a standby while another compactor holds it), then compact as
     ``policy`` says until ``stop`` is set or ``parent`` is gone, and then all that is left."""
     os.makedirs(spool, exist_ok=True)
-    writer = f"c{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    writer = _writer_id()
     totals, load = Compacted(), MachineLoad()
     with open(Path(spool, LOCK), "a+") as lock:
         while not _locked(lock):
@@ -298,6 +299,11 @@ def _pause(stop: threading.Event, parent: int | None, seconds: float) -> None:
         stop.wait(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
+def _writer_id() -> str:
+    """This compactor's part of its Parquet file names: unique across processes and restarts."""
+    return f"c{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 def _locked(lock: Any) -> bool:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -334,8 +340,7 @@ def compact_if_free(spool: str, registry_root: str, model: str, writer: str,
 
 
 def _once(spool: str, registry_root: str, model: str, batch_bytes: int) -> int:
-    result = compact_if_free(spool, registry_root, model, f"c{os.getpid()}-{uuid.uuid4().hex[:6]}",
-                             batch_bytes)
+    result = compact_if_free(spool, registry_root, model, _writer_id(), batch_bytes)
     if result is None:
         print(f"a compactor is running for {spool} (see {STATUS}); it compacts this spool", file=sys.stderr)
         return 1

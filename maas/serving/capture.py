@@ -196,17 +196,27 @@ class Capture:
             except Exception:  # noqa: BLE001 - the final flush below still runs
                 pass
         await self.flush()
-        running = self.compactor is not None and self.compactor.poll() is None
-        self.stop_compactor()  # its last pass takes what was just spooled
-        if not running and self.compaction != "external" and spool_files(self.spool):
-            await asyncio.to_thread(self._compact_here)
+        await asyncio.to_thread(self._hand_over, 0.0)
+
+    @property
+    def compactor_running(self) -> bool:
+        return self.compactor is not None and self.compactor.poll() is None
+
+    def _hand_over(self, wait_s: float) -> None:
+        """Capture ending (off, or the replica going): the compactor's last pass takes what was
+        just spooled (waited for up to ``wait_s``); what no compactor holds is compacted here
+        (a compactor started moments ago may not have lived to see it). The spool's lock keeps
+        the two from writing a row twice."""
+        self.stop_compactor(wait_s)
+        if self.compaction != "external" and spool_files(self.spool):
+            self._compact_here()
 
     def stop_compactor(self, wait_s: float = 0.0) -> None:
         """Tell the compactor to compact what is left and exit; wait up to ``wait_s`` for it (a
         replica shutting down: Ray kills a worker's children once it exits, so a replica that
         left at once would cut the last pass short; what it leaves, the next compactor takes)."""
-        compactor, self.compactor = self.compactor, None
-        if compactor is not None and compactor.poll() is None:
+        compactor, running, self.compactor = self.compactor, self.compactor_running, None
+        if running:
             compactor.terminate()
             try:
                 compactor.wait(timeout=wait_s) if wait_s > 0 else None
@@ -241,8 +251,7 @@ class Capture:
         ``close`` and ``shutdown`` see to what is left)."""
         if self.compaction == "inline":
             self._compact_here()
-        elif self.compaction == "process" and not self.closed and (
-                self.compactor is None or self.compactor.poll() is not None):
+        elif self.compaction == "process" and not self.closed and not self.compactor_running:
             try:
                 self.compactor = capture_compactor.start(self.spool, self.registry_root, self.model_name,
                                                          self.policy)
@@ -262,16 +271,13 @@ class Capture:
                 self.compacted.add(done)
 
     def shutdown(self, wait_s: float = 10.0) -> None:
-        """A replica shutting down (no event loop to wait on): spool what is held, let the
-        compactor's last pass run (up to ``wait_s``), and compact here what none took (a
-        compactor started moments ago may not have lived to see it)."""
+        """A replica shutting down (no event loop to wait on): spool what is held, then hand over
+        (``_hand_over``), waiting up to ``wait_s`` for the compactor's last pass."""
         self.closed = True
         try:
             self.flush_now()
         finally:
-            self.stop_compactor(wait_s)
-            if self.compaction != "external" and spool_files(self.spool):
-                self._compact_here()
+            self._hand_over(wait_s)
 
     def _next_seq(self) -> int:
         return next(self._seq)
@@ -346,13 +352,12 @@ class Capture:
                 "last_write": self.last_write}
 
     def _spool_state(self) -> dict[str, Any]:
-        """Where the spool stands: what waits in it, and the compactor's last report (``parquet``:
-        rows it wrote since it started; it may hold other replicas' spool files too)."""
+        """Where the spool stands: what waits in it, and the compactor's last report (its counts
+        are since it started, and may take in other replicas' spool files too)."""
         compactor = self.compactor
-        running = compactor is not None and compactor.poll() is None
         report = (capture_compactor.status(self.spool) if self.compaction == "process"
                   else {"inline": True, **vars(self.compacted)})
         return {"path": self.spool, "files": len(spool_files(self.spool)), "bytes": spool_bytes(self.spool),
                 "max_bytes": self.max_spool_bytes,
-                "compactor_pid": compactor.pid if running else None,
+                "compactor_pid": compactor.pid if self.compactor_running else None,
                 "compactor_starts": self.compactor_starts, "compactor": report}
