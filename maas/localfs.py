@@ -46,6 +46,8 @@ class FileInfo:
 class LocalFiles:
     """Plain-path file operations, shaped like ``pyarrow.fs.LocalFileSystem``'s."""
 
+    type_name = "local"  # as pyarrow's LocalFileSystem says
+
     def get_file_info(self, path: str) -> FileInfo:
         try:
             stat = os.stat(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,23 @@ def filesystem_for(location: str) -> tuple[Any, str]:
     if is_uri(location):
         return pafs.FileSystem.from_uri(location)
     return pafs.LocalFileSystem(), location
+
+
+def replace_file(fs: Any, path: str, body: bytes) -> None:
+    """Write ``body`` as the whole of ``path`` (inside ``fs``, from ``files_for`` or
+    ``filesystem_for``) so that a reader, or a process killed mid-write, never meets half a file:
+    an object store's upload appears only once complete; a local file is written beside it and
+    renamed over it."""
+    if getattr(fs, "type_name", "") != "local":
+        with fs.open_output_stream(path) as out:
+            out.write(body)
+        return
+    temp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(temp, "wb") as out:
+            out.write(body)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):  # the write failed: no stray temporary file
+            os.unlink(temp)
+

@@ -31,7 +31,7 @@ from maas.errors import ConfigError, ModelError
 from maas.models import build_model, check_compatible, compile_model, effective_learning_rate
 from maas.resume import check_resumable
 from maas.shards import ShardedData, is_sharded, iter_test_parts, load_rank_shards, scan_shards
-from maas.storage import absolute, filesystem_for
+from maas.storage import absolute, filesystem_for, replace_file
 from maas.tfkeras import keras, load_model, save_model, tensorflow
 
 MODEL_FILE = "model.keras"
@@ -465,8 +465,9 @@ def _append_progress(run_dir: str, rank: int, record: dict[str, Any]) -> None:
     if fs.get_file_info(target).size:
         with fs.open_input_stream(target) as stream:
             previous = stream.read()
-    with fs.open_output_stream(target) as out:  # rewrite: object stores cannot append
-        out.write(previous + json.dumps(record).encode() + b"\n")
+    # rewritten whole (object stores cannot append) and never half-written: a process stopped
+    # mid-write (Ctrl-C of a sweep) must not lose the epochs recorded before
+    replace_file(fs, target, previous + json.dumps(record).encode() + b"\n")
 
 
 def _current_placement_group_id() -> str:
@@ -517,8 +518,7 @@ def _write_worker_record(run_dir: str, record: dict[str, Any]) -> None:
     """One JSON per rank beside the run's checkpoints: what each worker actually trained on."""
     fs, path = filesystem_for(run_dir)
     fs.create_dir(f"{path}/{WORKERS_DIR}", recursive=True)
-    with fs.open_output_stream(f"{path}/{WORKERS_DIR}/rank-{record['rank']}.json") as out:
-        out.write(json.dumps(record).encode())
+    replace_file(fs, f"{path}/{WORKERS_DIR}/rank-{record['rank']}.json", json.dumps(record).encode())
 
 
 def evaluate_and_record(setup: WorkerSetup, times: FitTimes) -> dict[str, Any]:

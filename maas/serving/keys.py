@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from maas.errors import ConfigError
-from maas.storage import files_for, is_uri
+from maas.storage import files_for, replace_file
 
 Role = Literal["predict", "admin"]
 ROLES: tuple[str, ...] = ("predict", "admin")
@@ -77,14 +76,7 @@ class KeyFile:
         body = json.dumps({"keys": [k.row() for k in keys]}, indent=2).encode()
         parent = self.inner.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
-        if is_uri(self.path):
-            with self.fs.open_output_stream(self.inner) as out:
-                out.write(body)
-            return
-        temp = f"{self.inner}.{uuid.uuid4().hex}.tmp"  # write-then-rename: never half a file
-        with self.fs.open_output_stream(temp) as out:
-            out.write(body)
-        self.fs.move(temp, self.inner)
+        replace_file(self.fs, self.inner, body)
 
     def create(self, models: list[str], role: str = "predict", rate_per_s: float | None = None,
                label: str = "") -> tuple[ApiKey, str]:

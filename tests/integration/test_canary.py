@@ -109,10 +109,12 @@ def test_a_good_canary_is_promoted_to_100_with_no_failed_request(serve_http, can
 
     from maas import audit
 
-    # each replica sees half the traffic: a longer window; a generous p99 tolerance, since a
-    # copy of the stable version differs from it only by scheduling noise
+    # each replica sees half the traffic: a longer window. A copy of the stable version differs
+    # from it only by scheduling noise, and with ~10 requests a window its p99 is its slowest call:
+    # one 37 ms stall on a busy 2-core CI machine (against stable's 7 ms) once rolled it back.
+    # The tolerance sits far above such stalls; the slow canary's test keeps a tight one.
     app = _deploy(canary_registry, "canary-good",
-                  _settings(2, window_s=3, min_requests=10, max_p99_ratio=5, p99_tolerance_ms=20),
+                  _settings(2, window_s=3, min_requests=10, max_p99_ratio=5, p99_tolerance_ms=250),
                   replicas=2)
     url = f"http://{serve_http}/{app}"
     try:

@@ -155,3 +155,57 @@ def test_progress_lines_read_back_in_the_order_they_were_written(tmp_path) -> No
     _append_progress(str(tmp_path / "run"), 1, {"epoch": 1, "pid": 99})
     assert [r["epoch"] for r in read_progress(str(tmp_path / "run"), 0)] == [1, 2, 2]
     assert read_progress(str(tmp_path / "run"), 1) == [{"epoch": 1, "pid": 99}]
+
+
+_APPEND_FOREVER = """
+import sys
+from maas.training import _append_progress
+pad = "x" * 200_000  # a long line: each rewrite takes long enough to be killed inside it
+for epoch in range(1, 100_000):
+    _append_progress(sys.argv[1], 0, {"epoch": epoch, "pad": pad})
+"""
+
+
+def test_a_process_killed_while_recording_progress_keeps_the_epochs_recorded_before(tmp_path) -> None:
+    """Ctrl-C of a sweep kills trials' training processes wherever they are, also inside the
+    rewrite of the progress file: what was recorded before must survive (a truncate-then-write
+    left the file empty when the kill fell between the two)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from maas.training import read_progress
+
+    run = str(tmp_path / "run")
+    progress = tmp_path / "run" / "workers" / "progress-rank-0.jsonl"
+    for round_ in range(8):
+        child = subprocess.Popen([sys.executable, "-c", _APPEND_FOREVER, run],
+                                 env={**os.environ, "PYTHONPATH": os.getcwd()})
+        deadline = time.time() + 30
+        while len(read_progress(run, 0)) < 3 * (round_ + 1) and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.013 * round_)  # kill at a different point of a rewrite each round
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        epochs = [line["epoch"] for line in read_progress(run, 0)]
+        assert len(epochs) >= 3 * (round_ + 1), epochs  # nothing recorded earlier was lost
+    assert progress.exists()
+
+
+def test_replacing_a_file_that_fails_mid_write_keeps_the_old_file_and_no_temporary(tmp_path,
+                                                                                  monkeypatch) -> None:
+    from maas.storage import files_for, replace_file
+
+    fs, path = files_for(str(tmp_path / "state.json"))
+    replace_file(fs, path, b"old")
+
+    def fail(*_: object) -> None:
+        raise KeyboardInterrupt  # a stop between the write and the rename
+
+    monkeypatch.setattr("os.replace", fail)
+    with pytest.raises(KeyboardInterrupt):
+        replace_file(fs, path, b"new")
+    assert (tmp_path / "state.json").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
