@@ -20,23 +20,18 @@ class Predictor(Protocol):
 
 @dataclass
 class KerasPredictor:
-    """The parent as serving runs it: one traced ``tf.function`` for any batch size."""
+    """The parent as serving runs it: one traced graph for any batch size (``maas.graph_call``)."""
 
     model: Any
     schema: DataSchema
 
     def __post_init__(self) -> None:
-        from maas.tfkeras import tensorflow
+        from maas.graph_call import GraphCall
 
-        tf = tensorflow()
-        spec = tf.TensorSpec([None, *self.schema.input_shape],
-                             tf.string if self.schema.string_input else tf.float32)
-        model = self.model
-        self._call = tf.function(lambda batch: model(batch, training=False), input_signature=[spec],
-                                 autograph=False)
+        self._call = GraphCall(self.model, self.schema.input_shape, self.schema.string_input)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._call(batch).numpy()
+        return self._call(batch)
 
 
 def limit_tensorflow_threads(threads: int) -> bool:
