@@ -21,12 +21,13 @@ from maas.errors import MaasError, OverloadError, RequestError, raise_if_error
 from maas.serving.auth import KeyChecker, claimed_key_id
 from maas.serving.canary import Caller
 from maas.serving.host import ModelHost
+from maas.serving.json_arrays import JsonArrays
 from maas.serving.metrics import CountBuffer
 from maas.serving.oip import V2Reply, v2_reply_options
 from maas.serving.oip_binary import INFERENCE_HEADER, BinaryBody, read_v2_body
 from maas.serving.protocol import ApiProtocol
 from maas.serving.settings import ServeAppConfig
-from maas.serving.tfserving import extract_rows
+from maas.serving.tfserving import Format, extract_rows
 from serve.deployments import model_call_metrics
 from serve.http import binary_response, json_response
 
@@ -35,6 +36,13 @@ logger = logging.getLogger("ray.serve")
 # respond(result, context) -> the protocol's response body (JSON, or binary tensor data framed after
 # a JSON header); context: the v1 format, or the v2 request's id and binary outputs (``V2Reply``)
 Respond = Callable[[dict[str, Any], Any], dict[str, Any] | BinaryBody]
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}") from None
 
 
 class DeploymentModel:
@@ -91,6 +99,7 @@ class Dataplane:
             boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
             tag_keys=("model", "version"))
         self.pending_counts = CountBuffer()
+        self.json_arrays = JsonArrays()
         self._flusher: asyncio.Task | None = None
         self.audit_entries: list[dict[str, Any]] = []  # written once a second by the flusher
 
@@ -117,11 +126,13 @@ class Dataplane:
         return body
 
     async def _read_json(self, request: Request) -> Any:
+        return _parse_json(await self._read_body(request))
+
+    async def _read_v1_rows(self, request: Request) -> tuple[Any, Format]:
+        """A TF Serving body's rows and format: numbers straight into an array where the body is
+        large and plain (``maas.serving.json_arrays``), else parsed and unwrapped in full."""
         body = await self._read_body(request)
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise RequestError(f"request body is not valid JSON: {exc}") from None
+        return self.json_arrays.v1_rows(body) or extract_rows(_parse_json(body))
 
     async def _status(self, name: str, version: str | None = None, label: str | None = None) -> dict:
         return raise_if_error(await self._model(name).status(version, label))
@@ -189,7 +200,7 @@ class Dataplane:
         request.state.key_id = self.keys.authorize(request.headers, name)
         model = self._model(name)
         if protocol == "v1":
-            rows, context = extract_rows(await self._read_json(request))
+            rows, context = await self._read_v1_rows(request)
         else:  # framed here (JSON, or JSON + binary tensor data); the host parses the tensors
             # against the version's own schema
             rows = read_v2_body(await self._read_body(request), request.headers.get(INFERENCE_HEADER))

@@ -34,7 +34,9 @@ def to_batch(rows: Any, schema: DataSchema, max_rows: int) -> np.ndarray:
     expected = list(schema.input_shape)
     if isinstance(rows, np.ndarray):
         parsed = rows
-        if schema.is_text or parsed.dtype.kind not in "iuf":
+        if schema.is_text:
+            raise RequestError("rows are numbers; this model takes one string per row")
+        if parsed.dtype.kind not in "iuf":
             raise RequestError(f"rows of {parsed.dtype} do not fit this model's input")
     else:
         rows = [_unwrap_named(row) for row in rows]
