@@ -56,7 +56,8 @@ class JsonArrays:
             if not isinstance(values, simdjson.Array):
                 return None
             array = _numbers(values, simdjson.Array)
-        except (ValueError, TypeError, KeyError):  # not JSON, not numbers, a number out of range
+        except Exception:  # noqa: BLE001 - whatever simdjson refuses (not JSON, too deep, not
+            # numbers, a number out of range): the general path parses it and says what is wrong
             return None
         return None if array is None else (array, _KEYS[present[0]])
 
