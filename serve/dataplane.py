@@ -203,7 +203,9 @@ class Dataplane:
             rows, context = await self._read_v1_rows(request)
         else:  # framed here (JSON, or JSON + binary tensor data); the host parses the tensors
             # against the version's own schema
-            rows = read_v2_body(await self._read_body(request), request.headers.get(INFERENCE_HEADER))
+            body, header_length = await self._read_body(request), request.headers.get(INFERENCE_HEADER)
+            plain = self.json_arrays.v2_body(body) if header_length is None else None
+            rows = plain or read_v2_body(body, header_length)
             context = v2_reply_options(rows)
         caller = self._caller(request, model) if model.routes_callers else None
         return raise_if_error(await model.infer(rows, protocol, version, label, caller)), context

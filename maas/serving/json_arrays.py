@@ -7,7 +7,8 @@ own document, and ``as_buffer`` copies a nested array of numbers out as doubles 
 plus ~30 us to check that the rows are rectangular.
 
 Only the common case takes this path: a TF Serving body ``{"instances": [...]}`` or
-``{"inputs": [...]}`` whose array is rectangular and holds only numbers. Anything else (strings,
+``{"inputs": [...]}``, or an Open Inference Protocol body with one input tensor, whose array is
+rectangular and holds only numbers. Anything else (strings,
 null, booleans, named inputs, ragged or empty rows, invalid JSON, a number out of range) answers
 None, and the caller parses the body the general way, which gives the messages a client sees for
 such bodies. So the fast path never accepts a body the general path refuses, and never refuses
@@ -32,8 +33,9 @@ MIN_BODY_BYTES = 2048
 
 
 class JsonArrays:
-    """``v1_rows(body)``: a TF Serving body's rows as one float64 array, or None (parse it the
-    general way; also for bodies under ``MIN_BODY_BYTES``)."""
+    """``v1_rows(body)``: a TF Serving body's rows as one float64 array; ``v2_body(body)``: an
+    Open Inference Protocol body with its tensor's data as one. Either answers None to say: parse
+    it the general way (also for bodies under ``MIN_BODY_BYTES``)."""
 
     def __init__(self) -> None:
         self._parser: Any = None
@@ -60,6 +62,43 @@ class JsonArrays:
             # numbers, a number out of range): the general path parses it and says what is wrong
             return None
         return None if array is None else (array, _KEYS[present[0]])
+
+
+    def v2_body(self, body: bytes) -> dict[str, Any] | None:
+        """An Open Inference Protocol JSON body with its one input tensor's ``data`` as a float64
+        array of the data's own nesting (``parse_v2_tensor`` checks its count against the shape),
+        the rest as plain values; None for anything else (parse it the general way)."""
+        if len(body) < MIN_BODY_BYTES:
+            return None
+        import simdjson
+
+        if self._parser is None:
+            self._parser = simdjson.Parser()
+        try:
+            document = self._parser.parse(body)
+            if not isinstance(document, simdjson.Object) or not isinstance(
+                    document.get("inputs"), simdjson.Array) or len(document["inputs"]) != 1:
+                return None
+            tensor = document["inputs"][0]
+            if not isinstance(tensor, simdjson.Object) or not isinstance(tensor.get("data"), simdjson.Array):
+                return None
+            data = _numbers(tensor["data"], simdjson.Array)
+            if data is None:
+                return None
+            plain_tensor = {key: _plain(tensor[key]) for key in tensor.keys() if key != "data"}
+            request = {key: _plain(document[key]) for key in document.keys() if key != "inputs"}
+        except Exception:  # noqa: BLE001 - as in v1_rows: the general path says what is wrong
+            return None
+        return {**request, "inputs": [{**plain_tensor, "data": data}]}
+
+
+def _plain(value: Any) -> Any:
+    """A simdjson value as the dicts, lists and scalars ``orjson.loads`` gives."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if hasattr(value, "as_list"):
+        return value.as_list()
+    return value
 
 
 def _numbers(values: Any, array_type: type) -> np.ndarray | None:

@@ -80,6 +80,8 @@ def _numeric_array(data: Any, count: int) -> np.ndarray | None:
     """``data`` (flat or nested, as the protocol allows) straight into one numeric array when it
     is one: ~10x cheaper than flattening it value by value. None for anything else (strings,
     booleans, ragged or miscounted data), which takes the checked path for its message."""
+    if isinstance(data, np.ndarray):  # already parsed into numbers (``maas.serving.json_arrays``)
+        return data if data.size == count else None
     if not isinstance(data, list):
         return None
     try:
@@ -90,6 +92,8 @@ def _numeric_array(data: Any, count: int) -> np.ndarray | None:
 
 
 def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, np.ndarray):
+        return data.ravel().tolist()
     if not isinstance(data, list):
         return [data]
     if all(not isinstance(item, list) for item in data):

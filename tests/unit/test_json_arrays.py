@@ -122,3 +122,52 @@ def test_a_text_model_sent_numbers_is_told_it_takes_strings() -> None:
     fast = JsonArrays().v1_rows(_padded({"instances": list(range(600))}))
     with pytest.raises(RequestError, match="this model takes one string per row"):
         to_batch(fast[0], text, 1024)
+
+
+def _v2(data: object, shape: list[int], **extra: object) -> dict:
+    return {"id": "r-1", **extra, "inputs": [{"name": "inputs", "shape": shape, "datatype": "FP32",
+                                             "data": data, "parameters": {"note": "x"}}]}
+
+
+V2_CASES = [
+    _v2(np.ones(40 * 64).tolist(), [40, 8, 8]),  # flat data
+    _v2(np.arange(40 * 64, dtype=float).reshape(40, 8, 8).tolist(), [40, 8, 8],
+        outputs=[{"name": "probabilities", "parameters": {"binary_data": True}}]),  # nested
+    _v2(np.ones(40 * 64 - 1).tolist(), [40, 8, 8]),  # one value short
+    _v2(np.ones(40 * 64).tolist(), [40, 64]),  # the wrong shape for the model
+    _v2(np.full(40 * 64, 1e39).tolist(), [40, 8, 8]),  # beyond float32
+]
+
+
+@pytest.mark.parametrize("envelope", V2_CASES, ids=range(len(V2_CASES)))
+def test_a_v2_body_reads_the_same_either_way(envelope: dict) -> None:
+    from maas.serving.oip import parse_v2_tensor, v2_reply_options
+
+    body = orjson.dumps(envelope)
+    fast = JsonArrays().v2_body(body)
+    assert fast is not None and isinstance(fast["inputs"][0]["data"], np.ndarray)
+    general = orjson.loads(body)
+    assert {k: v for k, v in fast.items() if k != "inputs"} == {k: v for k, v in general.items()
+                                                                 if k != "inputs"}
+    assert v2_reply_options(fast) == v2_reply_options(general)
+
+    def outcome(parsed: dict) -> object:
+        try:
+            return to_batch(parse_v2_tensor(parsed, IMAGE), IMAGE, max_rows=1024)
+        except RequestError as exc:
+            return (exc.status, str(exc))
+
+    fast_outcome, general_outcome = outcome(fast), outcome(general)
+    if isinstance(general_outcome, np.ndarray):
+        np.testing.assert_array_equal(fast_outcome, general_outcome)
+    else:
+        assert fast_outcome == general_outcome
+
+
+@pytest.mark.parametrize("envelope", [
+    _v2(["a"] * 3000, [3000]), _v2([[1.0] * 64, [1.0] * 63] * 20, [40, 64]),
+    {"inputs": [_v2([1.0] * 3000, [3000])["inputs"][0]] * 2}, {"inputs": "x" * 3000},
+    {"inputs": [{"name": "inputs", "data": {"a": [1.0] * 3000}}]},
+], ids=["strings", "ragged", "two tensors", "not a list", "data not an array"])
+def test_a_v2_body_of_anything_else_goes_the_general_way(envelope: dict) -> None:
+    assert JsonArrays().v2_body(orjson.dumps(envelope)) is None
