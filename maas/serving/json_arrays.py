@@ -20,6 +20,7 @@ values are only valid until the parser's next ``parse``, so the array is copied 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,15 @@ class JsonArrays:
         self._parser: Any = None
 
     def v1_rows(self, body: bytes) -> tuple[np.ndarray, Format] | None:
+        return self._fast(body, _v1_rows)
+
+    def v2_body(self, body: bytes) -> dict[str, Any] | None:
+        """The body with its one input tensor's ``data`` as a float64 array of the data's own
+        nesting (``parse_v2_tensor`` checks its count against the shape), the rest as plain
+        values."""
+        return self._fast(body, _v2_body)
+
+    def _fast(self, body: bytes, read: Callable[[Any, Any], Any]) -> Any:
         if len(body) < MIN_BODY_BYTES:
             return None
         import simdjson
@@ -48,48 +58,35 @@ class JsonArrays:
         if self._parser is None:
             self._parser = simdjson.Parser()
         try:
-            document = self._parser.parse(body)
-            if not isinstance(document, simdjson.Object):
-                return None
-            present = [key for key in _KEYS if key in document]
-            if len(present) != 1:
-                return None
-            values = document[present[0]]
-            if not isinstance(values, simdjson.Array):
-                return None
-            array = _numbers(values, simdjson.Array)
+            return read(self._parser.parse(body), simdjson)
         except Exception:  # noqa: BLE001 - whatever simdjson refuses (not JSON, too deep, not
             # numbers, a number out of range): the general path parses it and says what is wrong
             return None
-        return None if array is None else (array, _KEYS[present[0]])
 
 
-    def v2_body(self, body: bytes) -> dict[str, Any] | None:
-        """An Open Inference Protocol JSON body with its one input tensor's ``data`` as a float64
-        array of the data's own nesting (``parse_v2_tensor`` checks its count against the shape),
-        the rest as plain values; None for anything else (parse it the general way)."""
-        if len(body) < MIN_BODY_BYTES:
-            return None
-        import simdjson
+def _v1_rows(document: Any, simdjson: Any) -> tuple[np.ndarray, Format] | None:
+    if not isinstance(document, simdjson.Object):
+        return None
+    present = [key for key in _KEYS if key in document]
+    if len(present) != 1 or not isinstance(document[present[0]], simdjson.Array):
+        return None
+    array = _numbers(document[present[0]], simdjson.Array)
+    return None if array is None else (array, _KEYS[present[0]])
 
-        if self._parser is None:
-            self._parser = simdjson.Parser()
-        try:
-            document = self._parser.parse(body)
-            if not isinstance(document, simdjson.Object) or not isinstance(
-                    document.get("inputs"), simdjson.Array) or len(document["inputs"]) != 1:
-                return None
-            tensor = document["inputs"][0]
-            if not isinstance(tensor, simdjson.Object) or not isinstance(tensor.get("data"), simdjson.Array):
-                return None
-            data = _numbers(tensor["data"], simdjson.Array)
-            if data is None:
-                return None
-            plain_tensor = {key: _plain(tensor[key]) for key in tensor.keys() if key != "data"}
-            request = {key: _plain(document[key]) for key in document.keys() if key != "inputs"}
-        except Exception:  # noqa: BLE001 - as in v1_rows: the general path says what is wrong
-            return None
-        return {**request, "inputs": [{**plain_tensor, "data": data}]}
+
+def _v2_body(document: Any, simdjson: Any) -> dict[str, Any] | None:
+    if not isinstance(document, simdjson.Object) or not isinstance(
+            document.get("inputs"), simdjson.Array) or len(document["inputs"]) != 1:
+        return None
+    tensor = document["inputs"][0]
+    if not isinstance(tensor, simdjson.Object) or not isinstance(tensor.get("data"), simdjson.Array):
+        return None
+    data = _numbers(tensor["data"], simdjson.Array)
+    if data is None:
+        return None
+    plain_tensor = {key: _plain(tensor[key]) for key in tensor.keys() if key != "data"}
+    request = {key: _plain(document[key]) for key in document.keys() if key != "inputs"}
+    return {**request, "inputs": [{**plain_tensor, "data": data}]}
 
 
 def _plain(value: Any) -> Any:
