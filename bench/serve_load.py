@@ -18,6 +18,7 @@ own output (tf_keras, called here) before it is timed.
                                          [--no-kserve] [--no-tuned] [--no-baseline]
                                          [--deployment-hosting] [--audit] [--capture]
                                          [--capture-sustained] [--capture-compaction MODE]
+                                         [--capture-spool memory|disk]
 
 `--python-proxy` starts Ray without the HAProxy variables: Serve's Python proxy (`--haproxy`, the
 default now, is accepted and changes nothing). `--audit` adds the same app writing every prediction
@@ -28,7 +29,8 @@ The replica spools; its compactor waits for a lull to write the Parquet, so afte
 server's load the bench waits for the spool to drain and prints how much the load left and how long
 and how much CPU turning it into Parquet took. `--capture-sustained` adds the same app with
 `compact_idle_pct: 0` (compacting during the load: the cost once saturation outlasts the spool);
-`--capture-compaction inline|external` measures the other modes.
+`--capture-compaction inline|external` measures the other modes; `--capture-spool disk` the spool
+on disk instead of in memory (capture.spool).
 `--deployment-hosting` adds the same config with the model in a deployment of its own (hosting:
 deployment, one more Serve hop). The ceiling (the same stacks answering without a model) is
 bench/serve_ceiling.py.
@@ -215,24 +217,25 @@ def audit_everything(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def capture_everything(config: dict[str, Any], compaction: str = "process",
-                       idle_pct: float | None = None) -> dict[str, Any]:
+                       idle_pct: float | None = None, spool: str = "memory") -> dict[str, Any]:
     """Every request of every ingress-hosted model captured (spooled, then Parquet under the
     registry by the compaction named; ``idle_pct``: the compactor's compact_idle_pct, 0: at once)."""
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
     for settings in ingress["user_config"]["models"].values():
-        settings["capture"] = {"rate": 1.0, "compaction": compaction,
+        settings["capture"] = {"rate": 1.0, "compaction": compaction, "spool": spool,
                                **({"compact_idle_pct": idle_pct} if idle_pct is not None else {})}
     return config
 
 
-def capture_drain(registry: str, drains: list[dict[str, float]], limit_s: float = 300) -> Callable[[], None]:
+def capture_drain(registry: str, drains: list[dict[str, float]], medium: str = "memory",
+                  limit_s: float = 300) -> Callable[[], None]:
     """After a capturing server's load: what it left in the spool, and how long its compactor (which
     waits for a lull while the machine serves flat out) took to turn it into Parquet once the load
     stopped; its CPU time per row. Appended to ``drains``."""
     from maas.capture_compactor import status
-    from maas.capture_spool import spool_bytes, spool_dir, spool_files
+    from maas.capture_spool import spool_bytes, spool_files, spool_place
 
-    spool = spool_dir(registry, "digits_mlp")
+    spool = spool_place(registry, "digits_mlp", medium, 2048 << 20).directory  # as the replica puts it
 
     def after() -> None:
         backlog, started = spool_bytes(spool), time.monotonic()
@@ -512,6 +515,9 @@ def main() -> None:
                              "during the load (what saturation that outlasts the spool costs)")
     parser.add_argument("--capture-compaction", choices=["process", "inline", "external"], default="process",
                         help="who writes the captured Parquet (capture.compaction; process: as shipped)")
+    parser.add_argument("--capture-spool", choices=["memory", "disk"], default="memory",
+                        help="where the capture spool waits for the compactor (capture.spool; memory: as "
+                             "shipped)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -550,15 +556,18 @@ def main() -> None:
         if args.capture:
             starters["ours_capture_all"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
                                                                 edit=lambda c: capture_everything(
-                                                                    c, args.capture_compaction))
+                                                                    c, args.capture_compaction,
+                                                                    spool=args.capture_spool))
         if args.capture and args.capture_sustained:
             starters["ours_capture_busy"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
                                                                  edit=lambda c: capture_everything(
-                                                                     c, args.capture_compaction, 0))
+                                                                     c, args.capture_compaction, 0,
+                                                                     args.capture_spool))
         check = answers_match(expected, bodies)
         runs: dict[str, list[dict[str, dict[str, float]]]] = {}
         drains: list[dict[str, float]] = []
-        afters = {"ours_capture_all": capture_drain(registry, drains)} if args.capture else {}
+        afters = ({"ours_capture_all": capture_drain(registry, drains, args.capture_spool)}
+                  if args.capture else {})
         results = run_rounds(starters, {name: check for name in starters}, bodies, args.seconds,
                              args.rounds, work, per_round=runs, afters=afters)
     print_table(results)

@@ -34,7 +34,7 @@ import numpy as np
 
 from maas import capture_compactor
 from maas.capture import Sample, write_feedback
-from maas.capture_spool import spool_bytes, spool_dir, spool_files, write_spool
+from maas.capture_spool import spool_bytes, spool_files, spool_place, write_spool
 from maas.serving.settings import CaptureSettings
 
 logger = logging.getLogger("ray.serve")
@@ -73,7 +73,9 @@ class Capture:
                  write_feedback: Callable[..., list[str]] = write_feedback):
         self.model_name, self.registry_root = model_name, registry_root
         self.writer = f"{replica}-{uuid.uuid4().hex[:6]}"
-        self.spool = spool_dir(registry_root, model_name)
+        self.spool = ""  # where this model's spool is (``apply``: the settings' ``spool``)
+        self.spool_note = ""
+        self.moved_from: list[str] = []  # spools left where the settings no longer put it
         self._rng, self._write_spool, self._write_feedback = rng, write_spool, write_feedback
         self.compaction = "process"
         self.compactor: Any = None  # the compactor process (compaction "process")
@@ -103,7 +105,13 @@ class Capture:
         """New settings, live: the buffer and its counts stay."""
         self.rate, self.flush_s = settings.rate, settings.flush_s
         self.flush_rows, self.max_rows = settings.flush_rows, settings.max_buffered_rows
-        self.max_spool_bytes = settings.max_spool_mb << 20
+        place = spool_place(self.registry_root, self.model_name, settings.spool, settings.max_spool_mb << 20)
+        if self.spool and place.directory != self.spool:  # moved live: the old one is emptied
+            self.stop_compactor()  # its last pass takes the old spool; the writer, what it leaves
+            self.moved_from.append(self.spool)
+        self.spool, self.max_spool_bytes, self.spool_note = place.directory, place.max_bytes, place.note
+        if place.note:
+            logger.info("%s: capture %s", self.model_name, place.note)
         self.compaction = settings.compaction
         self.policy = capture_compactor.Policy(idle_pct=settings.compact_idle_pct,
                                                max_delay_s=settings.compact_within_s,
@@ -208,6 +216,7 @@ class Capture:
         (a compactor started moments ago may not have lived to see it). The spool's lock keeps
         the two from writing a row twice."""
         self.stop_compactor(wait_s)
+        self._empty_moved()
         if self.compaction != "external" and spool_files(self.spool):
             self._compact_here()
 
@@ -229,6 +238,7 @@ class Capture:
         whether the spool was full)."""
         files = feedback_files = None
         samples_error = feedback_error = None
+        self._empty_moved()
         spool_full = bool(samples) and spool_bytes(self.spool) >= self.max_spool_bytes
         if samples and not spool_full:
             try:
@@ -259,11 +269,20 @@ class Capture:
             except OSError as exc:  # the spool keeps the rows: a later write tries again
                 self.compacted.last_error = f"compactor not started: {exc}"[:500]
 
-    def _compact_here(self) -> None:
+    def _empty_moved(self) -> None:
+        """Spools the settings moved away from (``spool: memory`` <-> ``disk``): compacted here,
+        each forgotten once empty (until then a compactor's last pass may hold it: next time)."""
+        for old in list(self.moved_from):
+            if self.compaction != "external" and spool_files(old):
+                self._compact_here(old)
+            if not spool_files(old) or self.compaction == "external":
+                self.moved_from.remove(old)
+
+    def _compact_here(self, spool: str | None = None) -> None:
         """A pass in this thread, unless a compactor (another replica's) holds the spool."""
         try:
-            done = capture_compactor.compact_if_free(self.spool, self.registry_root, self.model_name,
-                                                     self.writer)
+            done = capture_compactor.compact_if_free(spool or self.spool, self.registry_root,
+                                                     self.model_name, self.writer)
         except Exception as exc:  # noqa: BLE001 - the rows stay in the spool for the next pass
             self.compacted.last_error = f"{type(exc).__name__}: {exc}"[:500]
         else:
@@ -358,6 +377,7 @@ class Capture:
         report = (capture_compactor.status(self.spool) if self.compaction == "process"
                   else {"inline": True, **vars(self.compacted)})
         return {"path": self.spool, "files": len(spool_files(self.spool)), "bytes": spool_bytes(self.spool),
-                "max_bytes": self.max_spool_bytes,
+                "max_bytes": self.max_spool_bytes, "note": self.spool_note,
+                "moved_from": list(self.moved_from),
                 "compactor_pid": compactor.pid if self.compactor_running else None,
                 "compactor_starts": self.compactor_starts, "compactor": report}

@@ -137,6 +137,14 @@ class CaptureSettings(StrictSchema):
         description="Most MiB of captured requests waiting in the model's spool on one machine for the "
                     "compactor to turn them into Parquet; past it a write is dropped and counted "
                     "(reason spool_full), never waited for.")
+    spool: Literal["memory", "disk"] = Field(
+        "memory",
+        description="Where captured requests wait for the compactor on each machine. memory: a private "
+                    "folder in /dev/shm (tmpfs), ~1/4 of disk's CPU per write; it survives a replica's "
+                    "crash, not the machine's, and holds at most 1/8 of /dev/shm (less than "
+                    "max_spool_mb where /dev/shm is small; disk where /dev/shm is missing, not ours or "
+                    "under 512 MiB). disk: under a local registry's capture folder (a temporary folder "
+                    "for an object store), kept across a reboot.")
 
 
 class ModelSettings(StrictSchema):

@@ -80,6 +80,70 @@ def test_the_spool_lives_under_the_model_or_in_a_local_folder_for_an_object_stor
     assert "://" not in local and local.endswith("/model=m") and local != spool_dir("s3://other/reg", "m")
 
 
+def test_a_memory_spool_is_private_and_holds_an_eighth_of_the_memory_filesystem(tmp_path: Path) -> None:
+    import os
+
+    import maas.capture_spool as spool
+
+    place = spool.spool_place("/reg", "m", "memory", 1 << 50)
+    root = Path(spool.MEMORY_ROOT) / f"maas-capture-spool-{os.getuid()}"
+    assert place.medium == "memory" and Path(place.directory).is_relative_to(root)
+    assert root.stat().st_mode & 0o777 == 0o700  # captured traffic is user data
+    stats = os.statvfs(root)
+    assert place.max_bytes == stats.f_blocks * stats.f_frsize // 8 and "1/8" in place.note
+    assert spool.spool_place("/reg", "m", "memory", 1 << 20).max_bytes == 1 << 20  # the setting, when smaller
+    assert spool.spool_place("/other", "m", "memory", 1 << 20).directory != place.directory
+
+
+@pytest.mark.parametrize("problem", ["not private", "missing", "too small"])
+def test_a_memory_spool_that_cannot_be_had_safely_goes_to_disk_and_says_why(problem: str, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    import os
+
+    import maas.capture_spool as spool
+
+    if problem == "not private":  # someone made the folder first, readable by others
+        (Path(spool.MEMORY_ROOT) / f"maas-capture-spool-{os.getuid()}").mkdir(mode=0o755)
+        os.chmod(Path(spool.MEMORY_ROOT) / f"maas-capture-spool-{os.getuid()}", 0o755)
+    elif problem == "missing":
+        monkeypatch.setattr(spool, "MEMORY_ROOT", str(tmp_path / "a-file"))
+        (tmp_path / "a-file").write_text("not a folder")
+    else:
+        monkeypatch.setattr(spool, "MEMORY_SHARE", 1 << 40)
+    place = spool.spool_place(str(tmp_path / "reg"), "m", "memory", 1 << 30)
+    assert place.medium == "disk" and place.directory == spool_dir(str(tmp_path / "reg"), "m")
+    assert place.max_bytes == 1 << 30
+    why = {"not private": "not private", "missing": "not usable", "too small": "under 64"}[problem]
+    assert why in place.note
+
+
+def test_moving_the_spool_live_compacts_what_waited_in_the_old_one(tmp_path: Path) -> None:
+    """spool: memory -> disk while requests wait in memory: nothing lost, each row once."""
+    from datetime import datetime, timedelta, timezone
+
+    from maas.capture import read_captured
+
+    async def scenario() -> None:
+        root = str(tmp_path / "reg")
+        capture = Capture("m", root, CaptureSettings(rate=1.0, compaction="external"), "r")
+        model = LoadedModel("m", 1, IMAGE, None, {})
+        rows = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+        capture.offer("a", model, "v1", "default", rows, np.ones((3, 2), np.float32), 0.0)
+        await capture.flush()
+        in_memory = capture.spool
+        assert len(spool_files(in_memory)) == 1 and "maas-capture-spool" in in_memory
+        capture.apply(CaptureSettings(rate=1.0, compaction="inline", spool="disk"))
+        assert capture.spool == spool_dir(root, "m") and capture.moved_from == [in_memory]
+        capture.offer("b", model, "v1", "default", rows + 100, np.ones((3, 2), np.float32), 0.0)
+        await capture.flush()
+        assert not spool_files(in_memory) and capture.moved_from == [] and not spool_files(capture.spool)
+        now = datetime.now(timezone.utc)
+        back = read_captured(root, "m", now - timedelta(days=365 * 60), now + timedelta(hours=1))
+        assert sorted(set(back.request_ids)) == ["a", "b"] and len(back.inputs) == 6
+
+    asyncio.run(scenario())
+
+
 def test_a_full_spool_drops_and_counts_and_never_makes_a_request_wait(tmp_path: Path) -> None:
     async def scenario() -> None:
         settings = CaptureSettings(rate=1.0, max_spool_mb=1, compaction="external")  # nothing empties it
