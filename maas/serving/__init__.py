@@ -10,6 +10,7 @@ keys.py        the store of scoped keys (hashed; models, role, rate)
 admin.py       what the admin routes (``serve/admin.py``) accept and answer
 inputs.py      a request's rows checked against a version's schema -> one float32 (or string) batch
 tfserving.py   TensorFlow Serving REST (v1): the request envelope, response, status and metadata
+json_arrays.py large bodies of plain numbers (v1 rows, a v2 tensor's data) straight into arrays
 oip.py         Open Inference Protocol (v2): tensors in, tensors out, model metadata
 oip_binary.py  its binary tensor data extension (Triton's, ``tritonclient``'s default): a JSON
                header, then raw tensor bytes, in requests and answers
@@ -22,7 +23,8 @@ metrics.py     request counts buffered between flushes
 
 Where a request is parsed, once:
 
-1. The HTTP ingress (``serve/``) reads the body (size limit, JSON), checks the API key, and for
+1. The HTTP ingress (``serve/``) reads the body (size limit, JSON; a body over 2 KiB of plain
+   numbers straight into an array, ``json_arrays``), checks the API key, and for
    v1 takes the rows out of the TF Serving envelope (``instances`` / ``inputs``): the envelope
    is the same for every model, and the ingress needs its format (row or columnar) to shape the
    answer. A v2 body goes on whole: its JSON, or, with binary tensor data
