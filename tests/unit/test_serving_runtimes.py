@@ -41,6 +41,13 @@ def rows(n: int = 16) -> np.ndarray:
     return (np.random.default_rng(1).random((n, 8, 8)) * 16).astype(np.float32)
 
 
+def _digits_rows(n: int) -> np.ndarray:
+    from maas.config import DataConfig
+    from maas.data import load_dataset
+
+    return load_dataset(DataConfig(source="digits")).x_test[:n].astype(np.float32)
+
+
 def test_each_version_loads_on_its_runtime_and_they_agree(registry_root: str) -> None:
     keras_model = LoadedModel.from_registry(registry_root, "digits_mlp", 1)
     onnx_model = LoadedModel.from_registry(registry_root, "digits_mlp", 2)
@@ -49,7 +56,11 @@ def test_each_version_loads_on_its_runtime_and_they_agree(registry_root: str) ->
         "tensorflow", "onnxruntime", "onnxruntime")
     expected = keras_model.predict(rows())
     np.testing.assert_allclose(onnx_model.predict(rows()), expected, atol=1e-5)
-    assert (int8_model.predict(rows()).argmax(1) == expected.argmax(1)).mean() >= 0.9
+    # int8 is judged on real digits, as optimize judges it: on random noise a 2-epoch model's
+    # classes are near ties that quantisation flips (14 of 16 once, in CI)
+    digits = _digits_rows(256)
+    agreement = (int8_model.predict(digits).argmax(1) == keras_model.predict(digits).argmax(1)).mean()
+    assert agreement >= 0.9, agreement
     assert onnx_model.status()["runtime"] == "onnxruntime"
 
 
