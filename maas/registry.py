@@ -32,7 +32,7 @@ from typing import Any
 from maas.errors import IntegrityError, RegistryError, StorageError
 from maas.localfs import FileType, LocalFiles, list_entries
 from maas.schema import NAME_PATTERN as MODEL_NAME_PATTERN
-from maas.storage import absolute, files_for, is_uri
+from maas.storage import absolute, files_for, is_uri, replace_file
 
 METADATA_FILE = "metadata.json"
 SERVED_FILE = "served.json"  # <root>/<name>/served.json: versions that loaded in a replica, newest first
@@ -440,13 +440,7 @@ class Registry:
             raise self._storage_error(f"update version {version} of '{name}'", exc) from exc
 
     def _write_json(self, path: str, body: dict[str, Any]) -> None:
-        if self.local:  # write-then-rename: a reader never sees half a JSON file
-            temp = f"{path}.{uuid.uuid4().hex}.tmp"
-            Path(temp).write_text(json.dumps(body, indent=2))
-            os.replace(temp, path)
-        else:
-            with self.fs.open_output_stream(path) as out:
-                out.write(json.dumps(body, indent=2).encode())
+        replace_file(self.fs, path, json.dumps(body, indent=2).encode())  # a reader never sees half
 
 
 def _plain(identifier: str) -> str:
