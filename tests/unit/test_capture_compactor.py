@@ -245,3 +245,27 @@ def test_a_compactor_defers_while_the_machine_is_busy_and_compacts_once_it_is_no
     wait_for(lambda: len(captured_ids(tmp_path)) == 8)
     assert captured_ids(tmp_path) == sorted(rid for rid in sent for _ in range(2))
     assert _status(spool)["why"] in ("machine idle", "waiting for a lull")
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no scheduler autogroups here")
+def test_a_compactor_in_its_own_session_is_low_priority_for_the_whole_machine(tmp_path: Path,
+                                                                              compactors: list) -> None:
+    """Its own session is its own autogroup, where nice alone counts only inside the group (a
+    nice-19 process alone in one took a whole core from two nice-0 ones): the group is nice 19 too."""
+    spool = spool_dir(str(tmp_path), MODEL)
+    compactor = start(spool, str(tmp_path), MODEL, FAST)
+    compactors.append(compactor)
+    wait_for(lambda: _status(spool).get("pid") == compactor.pid)
+    assert Path(f"/proc/{compactor.pid}/autogroup").read_text().split()[-1] == "19"
+    assert os.getpriority(os.PRIO_PROCESS, compactor.pid) == 19
+    assert Path(f"/proc/{compactor.pid}/autogroup").read_text() != Path("/proc/self/autogroup").read_text()
+
+
+def test_lowering_priority_goes_on_where_there_is_no_autogroup(tmp_path: Path) -> None:
+    script = ("import os, sys; sys.path.insert(0, sys.argv[1]); from maas.capture_compactor import "
+              "_lower_priority; _lower_priority(sys.argv[2]); print(os.getpriority(os.PRIO_PROCESS, 0))")
+    missing = str(tmp_path / "no" / "autogroup")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO), missing], capture_output=True, text=True,
+                          timeout=60, env=_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "19"
