@@ -173,16 +173,24 @@ def status(spool: str) -> dict[str, Any] | None:
 # The process
 
 
+# A process group of its own, so a signal to the replica's group does not stop it mid-write; the
+# replica's session all the same. Where the kernel groups tasks by session for CPU time
+# (``sched_autogroup_enabled``, on in most distributions), nice counts only inside a session: a
+# nice-19 compactor in a session of its own halved a wake-up-heavy load's throughput on 2 cores,
+# and in the serving processes' session it cost nothing (bench/compactor_priority.py).
+PLACEMENT: dict[str, Any] = {"process_group": 0}
+
+
 def start(spool: str, registry_root: str, model: str, policy: Policy | None = None) -> subprocess.Popen:
-    """A compactor for ``spool``, child of this process (it exits once this one is gone). In a
-    session of its own, so a signal to the replica's process group does not stop it mid-write."""
+    """A compactor for ``spool``, child of this process (it exits once this one is gone), placed
+    as ``PLACEMENT`` says."""
     os.makedirs(spool, exist_ok=True)
     policy = policy or Policy()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     return subprocess.Popen(
         [sys.executable, "-m", "maas.capture_compactor", "--spool", spool, "--registry", registry_root,
          "--model", model, "--parent", str(os.getpid()), *policy.args()],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, **PLACEMENT)
 
 
 @dataclass(frozen=True)
@@ -316,25 +324,12 @@ def _alive(parent: int | None) -> bool:
     return parent is None or os.getppid() == parent
 
 
-AUTOGROUP = "/proc/self/autogroup"
-
-
-def _lower_priority(autogroup: str = AUTOGROUP) -> None:
-    """Nice 19, and one pyarrow thread: compaction takes only CPU time that serving leaves.
-
-    The compactor runs in a session of its own (``start``), and where the kernel groups tasks by
-    session (``sched_autogroup_enabled``, on in most distributions) nice counts only inside the
-    group: a nice-19 compactor alone in its group got a whole core beside two busy nice-0
-    processes (3.4 of 3.5 s, docs/serving-on-ray.md). So the group is set to nice 19 as well
-    (allowed unprivileged: it only lowers priority); where there is no such file, nice holds."""
+def _lower_priority() -> None:
+    """Nice 19, and one pyarrow thread: compaction takes only CPU time that serving leaves (nice
+    counts against the replica's session: ``PLACEMENT``)."""
     try:
         os.nice(19)
     except OSError:
-        pass
-    try:
-        with open(autogroup, "w") as group:
-            group.write("19")
-    except OSError:  # no autogroup here (kernel without it, or a container's read-only /proc)
         pass
     import pyarrow as pa
 
