@@ -173,12 +173,11 @@ def status(spool: str) -> dict[str, Any] | None:
 # The process
 
 
-# A process group of its own, so a signal to the replica's group does not stop it mid-write; the
-# replica's session all the same. Where the kernel groups tasks by session for CPU time
-# (``sched_autogroup_enabled``, on in most distributions), nice counts only inside a session: a
-# nice-19 compactor in a session of its own halved a wake-up-heavy load's throughput on 2 cores,
-# and in the serving processes' session it cost nothing (bench/compactor_priority.py).
-PLACEMENT: dict[str, Any] = {"process_group": 0}
+# A session of its own, so a signal to the replica's process group does not stop it mid-write; and
+# a scheduler group of its own where the kernel shares CPU time between sessions first
+# (``sched_autogroup_enabled``, on in most distributions): ``_lower_priority`` sets that group to
+# nice 19, which only a group holding nothing but the compactor may be set to.
+PLACEMENT: dict[str, Any] = {"start_new_session": True}
 
 
 def start(spool: str, registry_root: str, model: str, policy: Policy | None = None) -> subprocess.Popen:
@@ -324,13 +323,31 @@ def _alive(parent: int | None) -> bool:
     return parent is None or os.getppid() == parent
 
 
-def _lower_priority() -> None:
-    """Nice 19, and one pyarrow thread: compaction takes only CPU time that serving leaves (nice
-    counts against the replica's session: ``PLACEMENT``)."""
+AUTOGROUP = "/proc/self/autogroup"
+
+
+def _lower_priority(autogroup: str = AUTOGROUP) -> None:
+    """Nice 19, and one pyarrow thread: compaction takes only CPU time that serving leaves.
+
+    Nice alone counts only inside the compactor's session (``PLACEMENT``): where the kernel
+    shares CPU time between sessions first, a nice-19 compactor alone in its session competed
+    with the whole of Ray as an equal, and serving 64-row requests flat out while it compacted
+    kept 0.80x of its throughput. So the session's scheduler group is set to nice 19 too (allowed
+    unprivileged: it only lowers priority); serving then kept ~1.0x while the compactor wrote
+    Parquet on what CPU was left (bench/serve_load.py --capture --capture-sustained,
+    docs/serving-on-ray.md). Only a compactor that leads a session of its own (``start``) may:
+    run by hand or by cron (``--once``, ``external``), its group is the shell's, which would
+    all go to nice 19. Where there is no such file, nice holds."""
     try:
         os.nice(19)
     except OSError:
         pass
+    if os.getsid(0) == os.getpid():  # it leads a session of its own: the group is its alone
+        try:
+            with open(autogroup, "w") as group:
+                group.write("19")
+        except OSError:  # no autogroups here (a kernel without them, a read-only /proc)
+            pass
     import pyarrow as pa
 
     pa.set_cpu_count(1)
