@@ -5,7 +5,7 @@ at 100% (`capture`). Prints each variant's requests/s, the replica's CPU per req
 of the replica's samples that ran in our audit, capture and caller code.
 
     flock /tmp/maas-ray.lock .venv/bin/python bench/profile_replica.py [plain audit capture]
-        [--rows 1|64] [--seconds 12] [--rate 400] [--keep DIR]
+        [--rows 1|64] [--seconds 12] [--rate 400] [--gil] [--keep DIR]
 
 py-spy comes with Ray's dashboard dependencies; it attaches with ptrace (root, or
 kernel.yama.ptrace_scope=0). `--keep DIR` writes each variant's collapsed stacks there (the input of
@@ -67,7 +67,7 @@ def shares(collapsed: str) -> tuple[int, dict[str, float]]:
 
 
 def profile(variant: str, root: str, work: Path, body: str, seconds: int, rate: int,
-            native: bool = False) -> dict[str, float]:
+            native: bool = False, gil: bool = False) -> dict[str, float]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     port = serve_load.free_port()
     server = serve_load.start_ours(root, port, work, True, 0, EDITS[variant])
@@ -78,7 +78,8 @@ def profile(variant: str, root: str, work: Path, body: str, seconds: int, rate: 
         out = work / f"{variant}.txt"
         sampler = subprocess.Popen([spy, "record", "--pid", str(replica_pid(server)), "--duration",
                                     str(max(1, seconds - 2)), "--rate", str(rate), "--format", "raw",
-                                    *(["--native"] if native else ["--nonblocking"]), "-o", str(out)],
+                                    *(["--native"] if native else ["--nonblocking"]),
+                                    *(["--gil"] if gil else []), "-o", str(out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         load = serve_load.run_wrk(url, body, seconds, work, server.pid)
         _, error = sampler.communicate(timeout=60)
@@ -102,6 +103,9 @@ def main() -> None:
     parser.add_argument("--native", action="store_true",
                         help="C frames too (the garbage collector, the allocator); pauses the replica at "
                              "each sample, so its requests/s read low: compare shares, not speed")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples of the thread holding the GIL: a frame's time waiting for it "
+                             "(another thread holds it) drops out")
     parser.add_argument("--keep", type=Path, help="a folder for each variant's collapsed stacks")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -113,7 +117,8 @@ def main() -> None:
         root = f"{tmp}/registry"
         serve_load.publish_model(root)
         for variant in args.variants:
-            results[variant] = profile(variant, root, work, body, args.seconds, args.rate, args.native)
+            results[variant] = profile(variant, root, work, body, args.seconds, args.rate, args.native,
+                                       args.gil)
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(results[variant]["stacks"], args.keep / f"{variant}-{args.rows}row.txt")
