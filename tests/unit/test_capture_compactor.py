@@ -252,8 +252,7 @@ def test_a_compactor_is_low_priority_for_the_whole_machine_in_a_session_of_its_o
         tmp_path: Path, compactors: list) -> None:
     """A session of its own (a signal to the replica's process group must not stop it mid-write)
     is a scheduler group of its own where the kernel has autogroups, and nice counts only inside
-    a group: the group is set to nice 19 as well (at nice 19 alone, compacting during a load cost
-    serving 0.80x of its 64-row throughput; with the group at 19, ~1.0x)."""
+    a group: the group is set to nice 19 as well, and the test's own group is left alone."""
     spool = spool_dir(str(tmp_path), MODEL)
     compactor = start(spool, str(tmp_path), MODEL, FAST)
     compactors.append(compactor)
