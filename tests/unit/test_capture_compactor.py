@@ -247,7 +247,6 @@ def test_a_compactor_defers_while_the_machine_is_busy_and_compacts_once_it_is_no
     assert _status(spool)["why"] in ("machine idle", "waiting for a lull")
 
 
-
 def test_a_compactor_is_low_priority_for_the_whole_machine_in_a_session_of_its_own(
         tmp_path: Path, compactors: list) -> None:
     """A session of its own (a signal to the replica's process group must not stop it mid-write)
