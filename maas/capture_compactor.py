@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from maas.capture import WRITTEN_FORMAT, list_files, model_dir, write_samples
-from maas.capture_spool import read_spool, spool_bytes, spool_files
+from maas.capture_spool import blanks, drop_blanks, read_spool, recycle, spool_bytes, spool_files
 from maas.errors import DataError
 from maas.storage import filesystem_for
 
@@ -69,11 +69,14 @@ class Compacted:
 
 def compact(spool: str, registry_root: str, model: str, writer: str, batch_bytes: int = 64 << 20,
             next_seq: Callable[[], int] | None = None,
-            keep_going: Callable[[], bool] = lambda: True) -> Compacted:
+            keep_going: Callable[[], bool] = lambda: True, reuse_bytes: int = 0) -> Compacted:
     """Every finished spool file in ``spool`` -> Parquet under ``registry_root`` (see the module's
     docstring for the order that keeps a row in exactly one place). Holds at most ``batch_bytes``
-    of spool in memory at a time; asks ``keep_going()`` before each batch after the first."""
+    of spool in memory at a time; asks ``keep_going()`` before each batch after the first. Spool
+    files done with are kept as blanks for the writers to reuse while the blanks hold under
+    ``reuse_bytes`` (``maas.capture_spool``: writing into held memory is cheaper), else deleted."""
     recover(spool, registry_root, model)
+    kept = [sum(size for _, size in blanks(spool))]
     sequence = iter(range(1, 1 << 62))
     next_seq = next_seq or (lambda: next(sequence))
     done = Compacted()
@@ -100,7 +103,7 @@ def compact(spool: str, registry_root: str, model: str, writer: str, batch_bytes
             done.rows += sum(rows for _, _, rows in paths)
             done.parquet_files += len(paths)
         for path in readable:
-            path.unlink(missing_ok=True)
+            recycle(path, spool, reuse_bytes, kept)
         Path(spool, CLAIM).unlink(missing_ok=True)
         done.spool_files += len(readable)
     return done
@@ -193,18 +196,21 @@ class Policy:
     oldest spool file has waited ``max_delay_s``, or when the spool holds half of
     ``max_spool_bytes`` (so replicas never drop for want of compaction while it waits), and
     stops between batches once none of these holds. On a machine serving flat out, the Parquet
-    encoding so waits for a lull instead of taking CPU from requests, up to ``max_delay_s``."""
+    encoding so waits for a lull instead of taking CPU from requests, up to ``max_delay_s``.
+    Up to ``reuse_bytes`` of compacted spool is kept for the writers to write into (``compact``)."""
 
     interval_s: float = 2.0
     batch_bytes: int = 64 << 20
     idle_pct: float = 30.0
     max_delay_s: float = 900.0
     max_spool_bytes: int = 2048 << 20
+    reuse_bytes: int = 512 << 20
 
     def args(self) -> list[str]:
         return ["--interval", str(self.interval_s), "--batch-mb", str(self.batch_bytes >> 20),
                 "--idle-pct", str(self.idle_pct), "--max-delay", str(self.max_delay_s),
-                "--max-spool-mb", str(self.max_spool_bytes >> 20)]
+                "--max-spool-mb", str(self.max_spool_bytes >> 20),
+                "--reuse-mb", repr(self.reuse_bytes / (1 << 20))]
 
 
 class MachineLoad:
@@ -259,7 +265,9 @@ def due(spool: str, policy: Policy, unused_pct: float | None) -> str | None:
 def run(spool: str, registry_root: str, model: str, parent: int | None, policy: Policy,
         stop: threading.Event) -> Compacted:
     """Wait for the spool's lock (a standby while another compactor holds it), then compact as
-    ``policy`` says until ``stop`` is set or ``parent`` is gone, and then all that is left."""
+    ``policy`` says until ``stop`` is set or ``parent`` is gone, and then all that is left; the
+    blanks kept for reuse go with it (memory is held only while capture runs; a standby that
+    takes over keeps them anew)."""
     os.makedirs(spool, exist_ok=True)
     writer = _writer_id()
     totals, load = Compacted(), MachineLoad()
@@ -278,8 +286,10 @@ def run(spool: str, registry_root: str, model: str, parent: int | None, policy: 
             _write_json(Path(spool, STATUS), {
                 "pid": os.getpid(), "writer": writer, "at": time.time(),
                 "why": reason or "waiting for a lull", "backlog_files": len(spool_files(spool)),
-                "backlog_bytes": spool_bytes(spool), "cpu_s": time.process_time(), **asdict(totals)})
+                "backlog_bytes": spool_bytes(spool), "cpu_s": time.process_time(),
+                "reusable_bytes": sum(size for _, size in blanks(spool)), **asdict(totals)})
             if last:
+                drop_blanks(spool)
                 return totals
             _pause(stop, parent, policy.interval_s)
 
@@ -287,7 +297,8 @@ def run(spool: str, registry_root: str, model: str, parent: int | None, policy: 
 def _pass(spool: str, registry_root: str, model: str, writer: str, policy: Policy, totals: Compacted,
           keep_going: Callable[[], bool]) -> None:
     try:
-        totals.add(compact(spool, registry_root, model, writer, policy.batch_bytes, keep_going=keep_going))
+        totals.add(compact(spool, registry_root, model, writer, policy.batch_bytes, keep_going=keep_going,
+                           reuse_bytes=policy.reuse_bytes))
     except Exception as exc:  # noqa: BLE001 - reported, and the next pass retries
         totals.last_error = f"{type(exc).__name__}: {exc}"[:500]
         print(f"maas capture compactor ({model}): {totals.last_error}", file=sys.stderr, flush=True)
@@ -350,14 +361,14 @@ def _lower_priority(autogroup: str = AUTOGROUP) -> None:
 
 
 def compact_if_free(spool: str, registry_root: str, model: str, writer: str,
-                    batch_bytes: int = 64 << 20) -> Compacted | None:
+                    batch_bytes: int = 64 << 20, reuse_bytes: int = 0) -> Compacted | None:
     """One pass in this process, unless a compactor holds the spool (None: it compacts it; two
     at once would write rows twice)."""
     os.makedirs(spool, exist_ok=True)
     with open(Path(spool, LOCK), "a+") as lock:
         if not _locked(lock):
             return None
-        return compact(spool, registry_root, model, writer, batch_bytes)
+        return compact(spool, registry_root, model, writer, batch_bytes, reuse_bytes=reuse_bytes)
 
 
 def _once(spool: str, registry_root: str, model: str, batch_bytes: int) -> int:
@@ -387,13 +398,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="... or once the oldest spool file waited this many seconds")
     parser.add_argument("--max-spool-mb", type=int, default=Policy.max_spool_bytes >> 20,
                         help="... or once the spool holds half of this")
+    parser.add_argument("--reuse-mb", type=float, default=Policy.reuse_bytes / (1 << 20),
+                        help="keep up to this much compacted spool for the writers to write into")
     parser.add_argument("--once", action="store_true", help="one pass now, without waiting for the lock")
     args = parser.parse_args(argv)
     _lower_priority()
     if args.once:
         return _once(args.spool, args.registry, args.model, args.batch_mb << 20)
     policy = Policy(args.interval, args.batch_mb << 20, args.idle_pct, args.max_delay,
-                    args.max_spool_mb << 20)
+                    args.max_spool_mb << 20, round(args.reuse_mb * (1 << 20)))
     run(args.spool, args.registry, args.model, args.parent, policy, stop)
     return 0
 

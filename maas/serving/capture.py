@@ -34,7 +34,7 @@ import numpy as np
 
 from maas import capture_compactor
 from maas.capture import Sample, write_feedback
-from maas.capture_spool import spool_bytes, spool_files, spool_place, write_spool
+from maas.capture_spool import blanks, drop_blanks, spool_bytes, spool_files, spool_place, write_spool
 from maas.serving.settings import CaptureSettings
 
 logger = logging.getLogger("ray.serve")
@@ -115,7 +115,9 @@ class Capture:
         self.compaction = settings.compaction
         self.policy = capture_compactor.Policy(idle_pct=settings.compact_idle_pct,
                                                max_delay_s=settings.compact_within_s,
-                                               max_spool_bytes=self.max_spool_bytes)
+                                               max_spool_bytes=self.max_spool_bytes,
+                                               reuse_bytes=min(settings.spool_reuse_mb << 20,
+                                                               self.max_spool_bytes))
         if self.compaction != "process":
             self.stop_compactor()
 
@@ -219,6 +221,8 @@ class Capture:
         self._empty_moved()
         if self.compaction != "external" and spool_files(self.spool):
             self._compact_here()
+        if self.compaction == "inline":  # a compactor process frees its blanks as it exits
+            drop_blanks(self.spool)
 
     def stop_compactor(self, wait_s: float = 0.0) -> None:
         """Tell the compactor to compact what is left and exit; wait up to ``wait_s`` for it (a
@@ -276,13 +280,15 @@ class Capture:
             if self.compaction != "external" and spool_files(old):
                 self._compact_here(old)
             if not spool_files(old) or self.compaction == "external":
+                drop_blanks(old)
                 self.moved_from.remove(old)
 
     def _compact_here(self, spool: str | None = None) -> None:
         """A pass in this thread, unless a compactor (another replica's) holds the spool."""
         try:
             done = capture_compactor.compact_if_free(spool or self.spool, self.registry_root,
-                                                     self.model_name, self.writer)
+                                                     self.model_name, self.writer,
+                                                     reuse_bytes=0 if spool else self.policy.reuse_bytes)
         except Exception as exc:  # noqa: BLE001 - the rows stay in the spool for the next pass
             self.compacted.last_error = f"{type(exc).__name__}: {exc}"[:500]
         else:
@@ -378,6 +384,8 @@ class Capture:
                   else {"inline": True, **vars(self.compacted)})
         return {"path": self.spool, "files": len(spool_files(self.spool)), "bytes": spool_bytes(self.spool),
                 "max_bytes": self.max_spool_bytes, "note": self.spool_note,
+                "reusable_bytes": sum(size for _, size in blanks(self.spool)),
+                "max_reusable_bytes": self.policy.reuse_bytes,
                 "moved_from": list(self.moved_from),
                 "compactor_pid": compactor.pid if self.compactor_running else None,
                 "compactor_starts": self.compactor_starts, "compactor": report}

@@ -137,6 +137,12 @@ class CaptureSettings(StrictSchema):
         description="Most MiB of captured requests waiting in the model's spool on one machine for the "
                     "compactor to turn them into Parquet; past it a write is dropped and counted "
                     "(reason spool_full), never waited for.")
+    spool_reuse_mb: int = Field(
+        512, ge=0, le=1_048_576,
+        description="MiB of compacted spool files kept, while capture runs, for the next spool writes to "
+                    "write into: memory a file already holds costs a replica less to write than new "
+                    "memory (on a VM, new memory can fault to the hypervisor). 0: freed at once. "
+                    "At most max_spool_mb (and the memory spool's 1/8 of /dev/shm).")
     spool: Literal["memory", "disk"] = Field(
         "memory",
         description="Where captured requests wait for the compactor on each machine. memory: a private "

@@ -21,7 +21,7 @@ import pytest
 
 from maas.capture import Sample, list_files, read_captured
 from maas.capture_compactor import BAD_DIR, CLAIM, STATUS, MachineLoad, Policy, compact, due, start
-from maas.capture_spool import spool_dir, spool_files, write_spool
+from maas.capture_spool import blanks, spool_dir, spool_files, write_spool
 from maas.data import DataSchema
 from maas.serving.model import LoadedModel
 from tests.conftest import REPO
@@ -193,6 +193,29 @@ def test_a_replica_starts_its_compactor_and_stops_it_when_capture_turns_off(tmp_
         assert capture.state()["spool"]["compactor"]["rows"] >= 1
 
     asyncio.run(scenario())
+
+
+def test_a_compactor_keeps_spool_files_for_reuse_up_to_its_cap_and_frees_them_as_it_exits(
+        tmp_path: Path, compactors: list) -> None:
+    spool = spool_dir(str(tmp_path), MODEL)
+    spool_requests(tmp_path, 0, 4)
+    size = spool_files(spool)[0].stat().st_size
+    cap = size + size // 2  # room for one file (their sizes differ by a byte or two: the times)
+    compactor = start(spool, str(tmp_path), MODEL, Policy(interval_s=0.2, idle_pct=0, reuse_bytes=cap))
+    compactors.append(compactor)
+    wait_for(lambda: len(captured_ids(tmp_path)) == 8)
+    wait_for(lambda: _status(spool).get("reusable_bytes") == size)
+    [(blank, _)] = blanks(spool)
+    inode = os.stat(blank).st_ino
+    sent = [rid for first in (10, 20) for rid in spool_requests(tmp_path, first, 4)]  # 2 files, 1 blank
+    assert sorted(os.stat(p).st_ino == inode for p in spool_files(spool)) == [False, True]
+    wait_for(lambda: len(captured_ids(tmp_path)) == 24)
+    wait_for(lambda: _status(spool).get("spool_files") == 3)
+    assert len(blanks(spool)) == 1  # the cap: one kept, one deleted
+    compactor.send_signal(signal.SIGTERM)
+    assert compactor.wait(timeout=30) == 0
+    assert blanks(spool) == [] and spool_files(spool) == []
+    assert sorted(set(captured_ids(tmp_path)) - {f"req-{i}" for i in range(4)}) == sorted(sent)
 
 
 # --- when it works ------------------------------------------------------------------------------

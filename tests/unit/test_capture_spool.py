@@ -12,7 +12,18 @@ import numpy as np
 import pytest
 
 from maas.capture import Sample, model_dir
-from maas.capture_spool import MAGIC, PREFIX, read_spool, spool_bytes, spool_dir, spool_files, write_spool
+from maas.capture_spool import (
+    MAGIC,
+    PREFIX,
+    blanks,
+    drop_blanks,
+    read_spool,
+    recycle,
+    spool_bytes,
+    spool_dir,
+    spool_files,
+    write_spool,
+)
 from maas.data import DataSchema
 from maas.errors import DataError
 from maas.serving.capture import Capture
@@ -177,3 +188,92 @@ def test_a_write_cut_short_by_the_system_goes_on_where_it_stopped(tmp_path: Path
     monkeypatch.undo()
     back = read_spool(spool_files(str(tmp_path))[0])
     assert np.array_equal(back[0].inputs, rows.reshape(3, 4)) and len(back) == 1  # no rows: nothing kept
+
+
+# --- reusing compacted spool files ---------------------------------------------------------------
+
+def _spool(directory: Path, request_id: str, rows: int, seq: int) -> str:
+    inputs = np.arange(rows * 4, dtype=np.float32).reshape(rows, 2, 2) + seq
+    [(path, _, _)] = write_spool(str(directory), [sample(request_id, IMAGE, inputs)], "w", lambda: seq)
+    return path
+
+
+def test_a_writer_writes_over_a_kept_blank_and_cuts_what_is_left_of_it(tmp_path: Path) -> None:
+    """The memory a compacted file held is written again (the same file: no new memory), and a
+    blank larger than the new write reads back as exactly the new requests."""
+    import os
+
+    big = _spool(tmp_path, "old", 500, 1)
+    inode, old_size = os.stat(big).st_ino, os.stat(big).st_size
+    recycle(big, str(tmp_path), 1 << 30, [0])
+    assert spool_files(str(tmp_path)) == [] and spool_bytes(str(tmp_path)) == 0  # not backlog
+    assert [size for _, size in blanks(str(tmp_path))] == [old_size]
+    small = _spool(tmp_path, "new", 3, 2)
+    assert os.stat(small).st_ino == inode and os.stat(small).st_size < old_size
+    [back] = read_spool(small)
+    assert back.request_id == "new" and np.array_equal(back.inputs, np.arange(12).reshape(3, 4) + 2)
+    assert blanks(str(tmp_path)) == [] and not list(tmp_path.glob(".*"))
+    recycle(small, str(tmp_path), 1 << 30, [0])  # a blank smaller than the next write grows
+    grown = _spool(tmp_path, "grown", 700, 3)
+    assert os.stat(grown).st_ino == inode
+    assert np.array_equal(read_spool(grown)[0].inputs, np.arange(2800).reshape(700, 4) + 3)
+
+
+def test_blanks_are_kept_up_to_the_cap_the_rest_deleted_and_all_dropped_at_the_end(tmp_path: Path) -> None:
+    files = [_spool(tmp_path, f"r{i}", 100, i + 1) for i in range(3)]
+    size = Path(files[0]).stat().st_size
+    kept = [0]
+    for path in files:
+        recycle(path, str(tmp_path), 2 * size, kept)
+    assert kept == [2 * size] and len(blanks(str(tmp_path))) == 2 and spool_files(str(tmp_path)) == []
+    assert not any(Path(p).exists() for p in files)
+    assert drop_blanks(str(tmp_path)) == 2 and blanks(str(tmp_path)) == []
+    recycle(_spool(tmp_path, "none", 10, 9), str(tmp_path), 0, [0])  # spool_reuse_mb 0: deleted at once
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_blank_another_writer_took_first_is_skipped(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import maas.capture_spool as spool
+
+    for path in [_spool(tmp_path, f"r{i}", 10, i + 1) for i in range(2)]:
+        recycle(path, str(tmp_path), 1 << 30, [0])
+    inodes = {os.stat(path).st_ino for path, _ in blanks(str(tmp_path))}
+    real, raced = os.rename, []
+
+    def beaten_once(source: str, target: str) -> None:
+        if not raced:  # another replica's writer renames this blank first
+            raced.append(source)
+            real(source, f"{tmp_path}/taken-by-another")
+            raise FileNotFoundError(source)
+        real(source, target)
+
+    monkeypatch.setattr(spool.os, "rename", beaten_once)
+    path = _spool(tmp_path, "mine", 5, 3)
+    monkeypatch.undo()
+    assert os.stat(path).st_ino in inodes - {os.stat(f"{tmp_path}/taken-by-another").st_ino}
+    assert read_spool(path)[0].request_id == "mine" and blanks(str(tmp_path)) == []
+
+
+def test_inline_compaction_reuses_its_spool_files_and_frees_them_when_capture_ends(tmp_path: Path) -> None:
+    import os
+
+    async def scenario() -> None:
+        settings = CaptureSettings(rate=1.0, compaction="inline", spool="disk")
+        capture = Capture("m", str(tmp_path), settings, "r")
+        model = LoadedModel("m", 1, IMAGE, None, {})
+        rows = np.ones((64, 2, 2), np.float32)
+        capture.offer("a", model, "v1", "default", rows, np.ones((64, 2), np.float32), 0.0)
+        await capture.flush()
+        [(blank, _)] = blanks(capture.spool)
+        inode = os.stat(blank).st_ino
+        assert capture.state()["spool"]["reusable_bytes"] == os.stat(blank).st_size
+        capture.offer("b", model, "v1", "default", rows, np.ones((64, 2), np.float32), 0.0)
+        await capture.flush()
+        assert [os.stat(path).st_ino for path, _ in blanks(capture.spool)] == [inode]  # written, compacted
+        await capture.close()
+        assert blanks(capture.spool) == [] and spool_files(capture.spool) == []
+        assert capture.state()["written_rows"] == 128
+
+    asyncio.run(scenario())
