@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from maas.capture import WRITTEN_FORMAT, list_files, model_dir, write_samples
-from maas.capture_spool import blanks, drop_blanks, read_spool, recycle, spool_bytes, spool_files
+from maas.capture_spool import blanks, drop_blanks, read_spool, recycle, reserve, spool_bytes, spool_files
 from maas.errors import DataError
 from maas.storage import filesystem_for
 
@@ -197,7 +197,8 @@ class Policy:
     ``max_spool_bytes`` (so replicas never drop for want of compaction while it waits), and
     stops between batches once none of these holds. On a machine serving flat out, the Parquet
     encoding so waits for a lull instead of taking CPU from requests, up to ``max_delay_s``.
-    Up to ``reuse_bytes`` of compacted spool is kept for the writers to write into (``compact``)."""
+    Up to ``reuse_bytes`` of compacted spool is kept for the writers to write into (``compact``),
+    and ``reserve_bytes`` of it is made when it starts (``maas.capture_spool.reserve``)."""
 
     interval_s: float = 2.0
     batch_bytes: int = 64 << 20
@@ -205,12 +206,14 @@ class Policy:
     max_delay_s: float = 900.0
     max_spool_bytes: int = 2048 << 20
     reuse_bytes: int = 512 << 20
+    reserve_bytes: int = 0
 
     def args(self) -> list[str]:
         return ["--interval", str(self.interval_s), "--batch-mb", str(self.batch_bytes >> 20),
                 "--idle-pct", str(self.idle_pct), "--max-delay", str(self.max_delay_s),
                 "--max-spool-mb", str(self.max_spool_bytes >> 20),
-                "--reuse-mb", repr(self.reuse_bytes / (1 << 20))]
+                "--reuse-mb", repr(self.reuse_bytes / (1 << 20)),
+                "--reserve-mb", repr(self.reserve_bytes / (1 << 20))]
 
 
 class MachineLoad:
@@ -276,6 +279,7 @@ def run(spool: str, registry_root: str, model: str, parent: int | None, policy: 
             if stop.is_set() or not _alive(parent):
                 return totals  # the holder compacts what is left
             _pause(stop, parent, policy.interval_s)
+        _reserve(spool, policy, stop, parent)
         load.unused_pct()  # from now on
         while True:
             last = stop.is_set() or not _alive(parent)
@@ -292,6 +296,35 @@ def run(spool: str, registry_root: str, model: str, parent: int | None, policy: 
                 drop_blanks(spool)
                 return totals
             _pause(stop, parent, policy.interval_s)
+
+
+def _reserve(spool: str, policy: Policy, stop: threading.Event, parent: int | None) -> None:
+    if not policy.reserve_bytes:
+        return
+    drop_orphaned_blanks(str(Path(spool).parents[1]), spool)
+    try:
+        reserve(spool, min(policy.reserve_bytes, policy.reuse_bytes),
+                keep_going=lambda: not stop.is_set() and _alive(parent))
+    except OSError as exc:  # a full /dev/shm: the writers write into new memory, as without
+        print(f"maas capture compactor: spool memory not reserved: {exc}", file=sys.stderr, flush=True)
+
+
+def drop_orphaned_blanks(root: str, mine: str) -> int:
+    """Blanks left in other spool folders under ``root`` (``<root>/<registry>/model=<m>``) by a
+    compactor killed before it could free them (Ray kills a killed replica's children): freed
+    where no compactor holds the folder's lock. Dropping a blank never loses a row (a writer that
+    wanted it writes new memory). Returns how many."""
+    dropped = 0
+    for folder in Path(root).glob("*/model=*"):
+        if str(folder) == mine or not blanks(str(folder)):
+            continue
+        try:
+            with open(folder / LOCK, "a+") as lock:
+                if _locked(lock):
+                    dropped += drop_blanks(str(folder))
+        except OSError:
+            continue
+    return dropped
 
 
 def _pass(spool: str, registry_root: str, model: str, writer: str, policy: Policy, totals: Compacted,
@@ -400,13 +433,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="... or once the spool holds half of this")
     parser.add_argument("--reuse-mb", type=float, default=Policy.reuse_bytes / (1 << 20),
                         help="keep up to this much compacted spool for the writers to write into")
+    parser.add_argument("--reserve-mb", type=float, default=0.0,
+                        help="... and make this much of it when it starts (a memory spool)")
     parser.add_argument("--once", action="store_true", help="one pass now, without waiting for the lock")
     args = parser.parse_args(argv)
     _lower_priority()
     if args.once:
         return _once(args.spool, args.registry, args.model, args.batch_mb << 20)
     policy = Policy(args.interval, args.batch_mb << 20, args.idle_pct, args.max_delay,
-                    args.max_spool_mb << 20, round(args.reuse_mb * (1 << 20)))
+                    args.max_spool_mb << 20, round(args.reuse_mb * (1 << 20)),
+                    round(args.reserve_mb * (1 << 20)))
     run(args.spool, args.registry, args.model, args.parent, policy, stop)
     return 0
 

@@ -33,7 +33,9 @@ per 64-row request written, and a replica under load spent ~40 us more per reque
 renames it to a blank (``.<id>.blank``, hidden, not counted as backlog), up to the setting's
 ``spool_reuse_mb``, and a writer renames a blank to its hidden name and writes over it from the
 start (cutting what is left of the old bytes). The rename is the claim: two writers never get one
-blank. The compactor deletes the blanks when it exits, so memory is held only while capture runs.
+blank. A memory spool's compactor also reserves blanks when it starts (``reserve``: ``rate`` x
+``spool_reuse_mb``, at nice 19), so the first writes under load find held memory too. The
+compactor deletes the blanks when it exits, so memory is held only while capture runs.
 """
 
 from __future__ import annotations
@@ -179,6 +181,31 @@ def recycle(path: str | Path, directory: str, keep_bytes: int, kept: list[int]) 
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+RESERVE_FILE = 4 << 20  # a reserved blank: about one flush of a small model (a larger write grows it)
+
+
+def reserve(directory: str, total_bytes: int, keep_going: Callable[[], bool] = lambda: True) -> int:
+    """Blanks of ``RESERVE_FILE`` bytes, written with zeros (so the memory is really held: a
+    preallocation alone need not touch it), until the blanks hold ``total_bytes``; returns the
+    bytes added. What a writer then writes lands in held memory from its first flush on."""
+    held = sum(size for _, size in blanks(directory))
+    added, zeros = 0, bytes(1 << 20)
+    while held + added + RESERVE_FILE <= total_bytes and keep_going():
+        hidden = f"{directory}/.{uuid.uuid4().hex}.reserving"
+        try:
+            fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _write_all(fd, [zeros] * (RESERVE_FILE // len(zeros)))
+            finally:
+                os.close(fd)
+            os.rename(hidden, f"{directory}/.{uuid.uuid4().hex}{BLANK}")
+        except BaseException:
+            Path(hidden).unlink(missing_ok=True)
+            raise
+        added += RESERVE_FILE
+    return added
 
 
 def drop_blanks(directory: str) -> int:

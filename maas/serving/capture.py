@@ -113,11 +113,13 @@ class Capture:
         if place.note:
             logger.info("%s: capture %s", self.model_name, place.note)
         self.compaction = settings.compaction
+        reuse = min(settings.spool_reuse_mb << 20, self.max_spool_bytes)
         self.policy = capture_compactor.Policy(idle_pct=settings.compact_idle_pct,
                                                max_delay_s=settings.compact_within_s,
                                                max_spool_bytes=self.max_spool_bytes,
-                                               reuse_bytes=min(settings.spool_reuse_mb << 20,
-                                                               self.max_spool_bytes))
+                                               reuse_bytes=reuse,
+                                               reserve_bytes=round(reuse * settings.rate)
+                                               if place.medium == "memory" else 0)
         if self.compaction != "process":
             self.stop_compactor()
 
@@ -158,8 +160,8 @@ class Capture:
         if self._task is None or self._task.done():
             self._wake, self._lock = asyncio.Event(), asyncio.Lock()
             self._task = asyncio.get_running_loop().create_task(self._run())
-        if self.compaction == "process" and spool_files(self.spool):  # left by a replica before
-            self._compact()
+        if self.compaction == "process" and self.rate > 0:  # it reserves spool memory, then
+            self._compact()  # takes what a replica before left
 
     async def _run(self) -> None:
         while not self.closed:

@@ -141,7 +141,8 @@ class CaptureSettings(StrictSchema):
         512, ge=0, le=1_048_576,
         description="MiB of compacted spool files kept, while capture runs, for the next spool writes to "
                     "write into: memory a file already holds costs a replica less to write than new "
-                    "memory (on a VM, new memory can fault to the hypervisor). 0: freed at once. "
+                    "memory (on a VM, new memory can fault to the hypervisor). A memory spool's "
+                    "compactor reserves rate x this much when it starts (at nice 19). 0: none kept. "
                     "At most max_spool_mb (and the memory spool's 1/8 of /dev/shm).")
     spool: Literal["memory", "disk"] = Field(
         "memory",

@@ -20,8 +20,19 @@ import numpy as np
 import pytest
 
 from maas.capture import Sample, list_files, read_captured
-from maas.capture_compactor import BAD_DIR, CLAIM, STATUS, MachineLoad, Policy, compact, due, start
-from maas.capture_spool import blanks, spool_dir, spool_files, write_spool
+from maas.capture_compactor import (
+    BAD_DIR,
+    CLAIM,
+    LOCK,
+    STATUS,
+    MachineLoad,
+    Policy,
+    compact,
+    drop_orphaned_blanks,
+    due,
+    start,
+)
+from maas.capture_spool import RESERVE_FILE, blanks, recycle, reserve, spool_dir, spool_files, write_spool
 from maas.data import DataSchema
 from maas.serving.model import LoadedModel
 from tests.conftest import REPO
@@ -216,6 +227,45 @@ def test_a_compactor_keeps_spool_files_for_reuse_up_to_its_cap_and_frees_them_as
     assert compactor.wait(timeout=30) == 0
     assert blanks(spool) == [] and spool_files(spool) == []
     assert sorted(set(captured_ids(tmp_path)) - {f"req-{i}" for i in range(4)}) == sorted(sent)
+
+
+def test_a_compactor_reserves_zeroed_spool_memory_as_it_starts_and_a_write_lands_in_it(
+        tmp_path: Path, compactors: list) -> None:
+    spool = spool_dir(str(tmp_path), MODEL)
+    policy = Policy(interval_s=0.2, idle_pct=0, reuse_bytes=3 * RESERVE_FILE, reserve_bytes=2 * RESERVE_FILE)
+    compactor = start(spool, str(tmp_path), MODEL, policy)
+    compactors.append(compactor)
+    wait_for(lambda: _status(spool).get("reusable_bytes") == 2 * RESERVE_FILE)
+    reserved = {os.stat(path).st_ino for path, _ in blanks(spool)}
+    assert len(reserved) == 2 and all(not any(Path(p).read_bytes()) for p, _ in blanks(spool))
+    sent = spool_requests(tmp_path, 0, 3)
+    assert os.stat(spool_files(spool)[0]).st_ino in reserved
+    wait_for(lambda: len(captured_ids(tmp_path)) == 6)
+    assert captured_ids(tmp_path) == sorted(rid for rid in sent for _ in range(2))
+    compactor.send_signal(signal.SIGTERM)
+    assert compactor.wait(timeout=30) == 0 and blanks(spool) == []
+
+
+def test_reserving_stops_when_told_and_counts_blanks_already_there(tmp_path: Path) -> None:
+    assert reserve(str(tmp_path), 3 * RESERVE_FILE, keep_going=lambda: False) == 0
+    assert reserve(str(tmp_path), RESERVE_FILE + RESERVE_FILE // 2) == RESERVE_FILE  # whole files only
+    assert reserve(str(tmp_path), 2 * RESERVE_FILE) == RESERVE_FILE and len(blanks(str(tmp_path))) == 2
+    assert not list(tmp_path.glob("*.reserving"))
+
+
+def test_blanks_a_killed_compactor_left_are_freed_unless_their_folder_is_held(tmp_path: Path) -> None:
+    import fcntl
+
+    folders = {name: tmp_path / name / f"model={name}" for name in ("orphan", "held", "mine")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        spool_requests(folder, 0, 1)  # a spool file, kept as a blank in the folder
+        [path] = spool_files(spool_dir(str(folder), MODEL))
+        recycle(path, str(folder), 1 << 30, [0])
+    with open(folders["held"] / LOCK, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert drop_orphaned_blanks(str(tmp_path), str(folders["mine"])) == 1
+    assert [bool(blanks(str(folders[n]))) for n in ("orphan", "held", "mine")] == [False, True, True]
 
 
 # --- when it works ------------------------------------------------------------------------------
