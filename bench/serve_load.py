@@ -18,7 +18,7 @@ own output (tf_keras, called here) before it is timed.
                                          [--no-kserve] [--no-tuned] [--no-baseline]
                                          [--deployment-hosting] [--audit] [--capture]
                                          [--capture-sustained] [--capture-compaction MODE]
-                                         [--capture-spool memory|disk]
+                                         [--capture-spool memory|disk] [--capture-no-reuse]
 
 `--python-proxy` starts Ray without the HAProxy variables: Serve's Python proxy (`--haproxy`, the
 default now, is accepted and changes nothing). `--audit` adds the same app writing every prediction
@@ -30,7 +30,8 @@ server's load the bench waits for the spool to drain and prints how much the loa
 and how much CPU turning it into Parquet took. `--capture-sustained` adds the same app with
 `compact_idle_pct: 0` (compacting during the load: the cost once saturation outlasts the spool);
 `--capture-compaction inline|external` measures the other modes; `--capture-spool disk` the spool
-on disk instead of in memory (capture.spool).
+on disk instead of in memory (capture.spool); `--capture-no-reuse` the same app with
+`spool_reuse_mb: 0` beside it (every spool write into new memory, as before spool reuse).
 `--deployment-hosting` adds the same config with the model in a deployment of its own (hosting:
 deployment, one more Serve hop). The ceiling (the same stacks answering without a model) is
 bench/serve_ceiling.py.
@@ -217,13 +218,16 @@ def audit_everything(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def capture_everything(config: dict[str, Any], compaction: str = "process",
-                       idle_pct: float | None = None, spool: str = "memory") -> dict[str, Any]:
+                       idle_pct: float | None = None, spool: str = "memory",
+                       reuse_mb: int | None = None) -> dict[str, Any]:
     """Every request of every ingress-hosted model captured (spooled, then Parquet under the
-    registry by the compaction named; ``idle_pct``: the compactor's compact_idle_pct, 0: at once)."""
+    registry by the compaction named; ``idle_pct``: the compactor's compact_idle_pct, 0: at once;
+    ``reuse_mb``: spool_reuse_mb, the shipped default if None)."""
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
     for settings in ingress["user_config"]["models"].values():
         settings["capture"] = {"rate": 1.0, "compaction": compaction, "spool": spool,
-                               **({"compact_idle_pct": idle_pct} if idle_pct is not None else {})}
+                               **({"compact_idle_pct": idle_pct} if idle_pct is not None else {}),
+                               **({"spool_reuse_mb": reuse_mb} if reuse_mb is not None else {})}
     return config
 
 
@@ -513,6 +517,9 @@ def main() -> None:
     parser.add_argument("--capture-sustained", action="store_true",
                         help="with --capture: also the same with compact_idle_pct 0, the compactor working "
                              "during the load (what saturation that outlasts the spool costs)")
+    parser.add_argument("--capture-no-reuse", action="store_true",
+                        help="with --capture: also the same with capture.spool_reuse_mb 0 (every spool "
+                             "write into new memory, as before spool reuse)")
     parser.add_argument("--capture-compaction", choices=["process", "inline", "external"], default="process",
                         help="who writes the captured Parquet (capture.compaction; process: as shipped)")
     parser.add_argument("--capture-spool", choices=["memory", "disk"], default="memory",
@@ -558,6 +565,12 @@ def main() -> None:
                                                                 edit=lambda c: capture_everything(
                                                                     c, args.capture_compaction,
                                                                     spool=args.capture_spool))
+        if args.capture and args.capture_no_reuse:
+            starters["ours_capture_noreuse"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
+                                                                    edit=lambda c: capture_everything(
+                                                                        c, args.capture_compaction,
+                                                                        spool=args.capture_spool,
+                                                                        reuse_mb=0))
         if args.capture and args.capture_sustained:
             starters["ours_capture_busy"] = lambda p: start_ours(registry, p, work, haproxy, niceness,
                                                                  edit=lambda c: capture_everything(
@@ -587,6 +600,10 @@ def main() -> None:
               f"(goal >= 0.95)")
         print(f"  capture, single-row, round by round: {paired_ratios(runs, 'ours_capture_all', 'one')}")
         print(f"  capture, 64-row, round by round: {paired_ratios(runs, 'ours_capture_all', 'many')}")
+        if args.capture_no_reuse:
+            print(f"  without spool reuse (spool_reuse_mb 0: new memory for every write): "
+                  f"{paired_ratios(runs, 'ours_capture_noreuse', 'one')} single-row; "
+                  f"{paired_ratios(runs, 'ours_capture_noreuse', 'many')} 64-row")
         if args.capture_sustained:
             print(f"capture at 100%, compacting during the load: "
                   f"{paired_ratios(runs, 'ours_capture_busy', 'one')} single-row; "
