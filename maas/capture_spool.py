@@ -26,16 +26,16 @@ lives there too, keeps its room. ``spool: disk``: under the model's capture fold
 (``model=<m>/_spool/``; Hive readers skip ``_`` folders) for a local registry; a local temporary
 folder for an object-store registry (Parquet goes to the store).
 
-Reuse: writing into memory the kernel has to find anew costs far more than writing into memory a
-file already holds (on this machine's VM, new memory faults to the hypervisor: 28 us against 5 us
-per 64-row request written, and a replica under load spent ~40 us more per request; see
-``docs/serving-on-ray.md``). So the compactor does not delete a spool file it has compacted: it
-renames it to a blank (``.<id>.blank``, hidden, not counted as backlog), up to the setting's
-``spool_reuse_mb``, and a writer renames a blank to its hidden name and writes over it from the
-start (cutting what is left of the old bytes). The rename is the claim: two writers never get one
-blank. A memory spool's compactor also reserves blanks when it starts (``reserve``: ``rate`` x
-``spool_reuse_mb``, at nice 19), so the first writes under load find held memory too. The
-compactor deletes the blanks when it exits, so memory is held only while capture runs.
+Reuse: writing into memory the kernel has to find anew can cost far more than writing into memory a
+file already holds (on a VM whose host backs guest memory only once touched, new memory faults to
+the hypervisor: ``bench/spool_memory.py``, ``docs/serving-on-ray.md``). So the compactor does not
+delete a spool file it has compacted: it renames it to a blank (``.<id>.blank``, hidden, not
+counted as backlog), up to the setting's ``spool_reuse_mb``, and a writer renames a blank to its
+hidden name and writes over it from the start (cutting what is left of the old bytes). The rename
+is the claim: two writers never get one blank. A memory spool's compactor also reserves blanks when
+it starts (``reserve``: ``rate`` x ``spool_reuse_mb``, at nice 19), so the first writes under load
+find held memory too. The compactor deletes the blanks when it exits, so memory is held only while
+capture runs.
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ def recycle(path: str | Path, directory: str, keep_bytes: int, kept: list[int]) 
 
 
 RESERVE_FILE = 4 << 20  # a reserved blank: about one flush of a small model (a larger write grows it)
+RESERVING = ".reserving"  # a blank being made
 
 
 def reserve(directory: str, total_bytes: int, keep_going: Callable[[], bool] = lambda: True) -> int:
@@ -193,7 +194,7 @@ def reserve(directory: str, total_bytes: int, keep_going: Callable[[], bool] = l
     held = sum(size for _, size in blanks(directory))
     added, zeros = 0, bytes(1 << 20)
     while held + added + RESERVE_FILE <= total_bytes and keep_going():
-        hidden = f"{directory}/.{uuid.uuid4().hex}.reserving"
+        hidden = f"{directory}/.{uuid.uuid4().hex}{RESERVING}"
         try:
             fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -209,8 +210,8 @@ def reserve(directory: str, total_bytes: int, keep_going: Callable[[], bool] = l
 
 
 def drop_blanks(directory: str) -> int:
-    """Delete every blank (capture ending, or the spool moved): the memory goes back. Returns
-    how many."""
+    """Delete every blank (capture ending, or the spool moved): the memory goes back; and any
+    half-made one a compactor killed while reserving left. Returns how many blanks."""
     dropped = 0
     for path, _ in blanks(directory):
         try:
@@ -218,6 +219,8 @@ def drop_blanks(directory: str) -> int:
             dropped += 1
         except FileNotFoundError:  # a writer claimed it
             pass
+    for half_made in Path(directory).glob(f".*{RESERVING}"):
+        half_made.unlink(missing_ok=True)
     return dropped
 
 

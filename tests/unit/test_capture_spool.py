@@ -227,7 +227,9 @@ def test_blanks_are_kept_up_to_the_cap_the_rest_deleted_and_all_dropped_at_the_e
         recycle(path, str(tmp_path), 2 * size, kept)
     assert kept == [2 * size] and len(blanks(str(tmp_path))) == 2 and spool_files(str(tmp_path)) == []
     assert not any(Path(p).exists() for p in files)
+    (tmp_path / ".half-made.reserving").write_bytes(bytes(10))  # a compactor killed while reserving
     assert drop_blanks(str(tmp_path)) == 2 and blanks(str(tmp_path)) == []
+    assert not (tmp_path / ".half-made.reserving").exists()
     recycle(_spool(tmp_path, "none", 10, 9), str(tmp_path), 0, [0])  # spool_reuse_mb 0: deleted at once
     assert list(tmp_path.iterdir()) == []
 
