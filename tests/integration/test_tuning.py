@@ -108,7 +108,10 @@ def test_interrupted_sweep_resumes_and_registers_the_best(ray_cluster, workspace
         # any, again), and a trial that had not started trained all of them.
         done, before = at_interrupt.get(run, 0), trained_before.get(run, 0)
         assert epochs[before:] == list(range(done + 1, 5)), (run, at_interrupt, epochs)
-        assert sorted(set(epochs)) == [1, 2, 3, 4] and len(epochs) <= 5, (run, epochs)
+        # Before the stop it trained from epoch 1, each once; it may have trained past its last
+        # checkpoint while Tune wound down (two epochs, once in CI), and only those came again.
+        assert epochs[:before] == list(range(1, before + 1)) and before >= done, (run, epochs)
+        assert sorted(set(epochs)) == [1, 2, 3, 4], (run, epochs)
     for trial in sweep.glob("run_trial_*/result.json"):
         # Tune's own record never repeats an epoch (it may miss those trained after its last save)
         epochs = [int(line.split('"epoch": ')[1].split(",")[0]) for line in trial.read_text().splitlines()]
