@@ -61,7 +61,7 @@ def timed_round(folder: str, flushes: list[list[Sample]], reuse: bool) -> float:
         [(path, _, _)] = write_spool(folder, samples, "bench", sequence.__next__)
         spent += time.thread_time() - started
         if reuse:
-            recycle(path, folder, 1 << 40, [0])
+            recycle(path, folder, 1 << 40, 0)
     if not reuse:
         for path in spool_files(folder):
             path.unlink()
@@ -84,7 +84,7 @@ def main() -> None:
         sequence = itertools.count(1)  # the blanks the reused rounds write over: one round's worth
         written = [write_spool(reused_folder, s, "bench", sequence.__next__)[0][0] for s in flushes]
         for path in written:
-            recycle(path, reused_folder, 1 << 40, [0])
+            recycle(path, reused_folder, 1 << 40, 0)
         new, reused = [], []
         for number in range(1, args.rounds + 1):
             new.append(timed_round(new_folder, flushes, reuse=False))

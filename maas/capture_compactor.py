@@ -39,7 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from maas.capture import WRITTEN_FORMAT, list_files, model_dir, write_samples
-from maas.capture_spool import blanks, drop_blanks, read_spool, recycle, reserve, spool_bytes, spool_files
+from maas.capture_spool import (
+    blank_bytes,
+    blanks,
+    drop_blanks,
+    memory_root,
+    read_spool,
+    recycle,
+    reserve,
+    spool_bytes,
+    spool_files,
+)
 from maas.errors import DataError
 from maas.storage import filesystem_for
 
@@ -76,7 +86,7 @@ def compact(spool: str, registry_root: str, model: str, writer: str, batch_bytes
     files done with are kept as blanks for the writers to reuse while the blanks hold under
     ``reuse_bytes`` (``maas.capture_spool``: writing into held memory is cheaper), else deleted."""
     recover(spool, registry_root, model)
-    kept = [sum(size for _, size in blanks(spool))]
+    kept = blank_bytes(spool)
     sequence = iter(range(1, 1 << 62))
     next_seq = next_seq or (lambda: next(sequence))
     done = Compacted()
@@ -103,7 +113,7 @@ def compact(spool: str, registry_root: str, model: str, writer: str, batch_bytes
             done.rows += sum(rows for _, _, rows in paths)
             done.parquet_files += len(paths)
         for path in readable:
-            recycle(path, spool, reuse_bytes, kept)
+            kept = recycle(path, spool, reuse_bytes, kept)
         Path(spool, CLAIM).unlink(missing_ok=True)
         done.spool_files += len(readable)
     return done
@@ -291,7 +301,7 @@ def run(spool: str, registry_root: str, model: str, parent: int | None, policy: 
                 "pid": os.getpid(), "writer": writer, "at": time.time(),
                 "why": reason or "waiting for a lull", "backlog_files": len(spool_files(spool)),
                 "backlog_bytes": spool_bytes(spool), "cpu_s": time.process_time(),
-                "reusable_bytes": sum(size for _, size in blanks(spool)), **asdict(totals)})
+                "reusable_bytes": blank_bytes(spool), **asdict(totals)})
             if last:
                 drop_blanks(spool)
                 return totals
@@ -301,7 +311,8 @@ def run(spool: str, registry_root: str, model: str, parent: int | None, policy: 
 def _reserve(spool: str, policy: Policy, stop: threading.Event, parent: int | None) -> None:
     if not policy.reserve_bytes:
         return
-    drop_orphaned_blanks(str(Path(spool).parents[1]), spool)
+    if Path(spool).is_relative_to(memory_root()):  # a memory spool: the others beside it
+        drop_orphaned_blanks(memory_root(), spool)
     try:
         reserve(spool, min(policy.reserve_bytes, policy.reuse_bytes),
                 keep_going=lambda: not stop.is_set() and _alive(parent))

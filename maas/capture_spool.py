@@ -46,7 +46,7 @@ import os
 import struct
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,7 +86,7 @@ def spool_dir(registry_root: str, model: str, medium: str = "disk") -> str:
     setting's ``spool``; see ``spool_place`` for when memory is not used)."""
     digest = hashlib.blake2b(registry_root.encode(), digest_size=8).hexdigest()
     if medium == "memory":
-        return f"{_memory_root()}/{digest}/model={model}"
+        return f"{memory_root()}/{digest}/model={model}"
     if not is_uri(registry_root):
         return f"{model_dir(registry_root, model)}/{SPOOL_DIR}"
     return f"{tempfile.gettempdir()}/maas-capture-spool/{digest}/model={model}"
@@ -115,14 +115,15 @@ def spool_place(registry_root: str, model: str, medium: str, max_bytes: int) -> 
     return SpoolPlace(spool_dir(registry_root, model), max_bytes, "disk")
 
 
-def _memory_root() -> str:
+def memory_root() -> str:
+    """This user's folder of memory spools (``<root>/<registry digest>/model=<m>`` beneath it)."""
     return f"{MEMORY_ROOT}/maas-capture-spool-{os.getuid()}"
 
 
 def _memory_room() -> tuple[int, str]:
     """(bytes a model's memory spool may hold, why none): the private folder is made here (0700);
     one that another user owns or others can read is refused (captured traffic is user data)."""
-    root = _memory_root()
+    root = memory_root()
     try:
         os.makedirs(root, mode=0o700, exist_ok=True)
         info = os.stat(root)
@@ -153,34 +154,44 @@ def spool_bytes(directory: str) -> int:
         return 0
 
 
+def _blank_entries(directory: str) -> Iterator[os.DirEntry]:
+    """The blanks in ``directory`` as the folder lists them (a writer claims one without a stat)."""
+    try:
+        with os.scandir(directory) as entries:
+            yield from (entry for entry in entries if entry.name.endswith(BLANK))
+    except FileNotFoundError:
+        return
+
+
 def blanks(directory: str) -> list[tuple[str, int]]:
     """The compacted spool files kept for reuse: [(path, bytes)]."""
     found = []
-    try:
-        for entry in os.scandir(directory):
-            if entry.name.endswith(BLANK):
-                try:
-                    found.append((entry.path, entry.stat().st_size))
-                except FileNotFoundError:  # claimed meanwhile
-                    continue
-    except FileNotFoundError:
-        pass
+    for entry in _blank_entries(directory):
+        try:
+            found.append((entry.path, entry.stat().st_size))
+        except FileNotFoundError:  # claimed meanwhile
+            continue
     return found
 
 
-def recycle(path: str | Path, directory: str, keep_bytes: int, kept: list[int]) -> None:
-    """A compacted spool file: kept as a blank for a writer to reuse while the blanks hold under
-    ``keep_bytes`` (``kept``: [bytes they hold], counted on from ``blanks`` by the caller), else
-    deleted."""
+def blank_bytes(directory: str) -> int:
+    """Bytes the blanks hold (memory kept for reuse, not backlog)."""
+    return sum(size for _, size in blanks(directory))
+
+
+def recycle(path: str | Path, directory: str, keep_bytes: int, held: int) -> int:
+    """A compacted spool file: kept as a blank for a writer to reuse while the blanks, holding
+    ``held`` bytes before it, stay within ``keep_bytes``; else deleted. Returns what they hold
+    after it."""
     try:
         size = os.stat(path).st_size
-        if kept[0] + size <= keep_bytes:
+        if held + size <= keep_bytes:
             os.replace(path, f"{directory}/.{uuid.uuid4().hex}{BLANK}")
-            kept[0] += size
-            return
+            return held + size
         os.unlink(path)
     except FileNotFoundError:
         pass
+    return held
 
 
 RESERVE_FILE = 4 << 20  # a reserved blank: about one flush of a small model (a larger write grows it)
@@ -191,7 +202,7 @@ def reserve(directory: str, total_bytes: int, keep_going: Callable[[], bool] = l
     """Blanks of ``RESERVE_FILE`` bytes, written with zeros (so the memory is really held: a
     preallocation alone need not touch it), until the blanks hold ``total_bytes``; returns the
     bytes added. What a writer then writes lands in held memory from its first flush on."""
-    held = sum(size for _, size in blanks(directory))
+    held = blank_bytes(directory)
     added, zeros = 0, bytes(1 << 20)
     while held + added + RESERVE_FILE <= total_bytes and keep_going():
         hidden = f"{directory}/.{uuid.uuid4().hex}{RESERVING}"
@@ -289,18 +300,12 @@ def _write_file(path: str, samples: Sequence[Sample]) -> int:
 def _claim_blank(directory: str, hidden: str) -> bool:
     """Rename a blank (see the module's docstring) to ``hidden``; False when there is none left
     (another writer's rename may win each one)."""
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return False
-    with entries:
-        for entry in entries:
-            if entry.name.endswith(BLANK):
-                try:
-                    os.rename(entry.path, hidden)
-                    return True
-                except FileNotFoundError:
-                    continue
+    for entry in _blank_entries(directory):
+        try:
+            os.rename(entry.path, hidden)
+            return True
+        except FileNotFoundError:
+            continue
     return False
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from maas import capture_compactor
 from maas.capture import Sample, write_feedback
-from maas.capture_spool import blanks, drop_blanks, spool_bytes, spool_files, spool_place, write_spool
+from maas.capture_spool import blank_bytes, drop_blanks, spool_bytes, spool_files, spool_place, write_spool
 from maas.serving.settings import CaptureSettings
 
 logger = logging.getLogger("ray.serve")
@@ -386,7 +386,7 @@ class Capture:
                   else {"inline": True, **vars(self.compacted)})
         return {"path": self.spool, "files": len(spool_files(self.spool)), "bytes": spool_bytes(self.spool),
                 "max_bytes": self.max_spool_bytes, "note": self.spool_note,
-                "reusable_bytes": sum(size for _, size in blanks(self.spool)),
+                "reusable_bytes": blank_bytes(self.spool),
                 "max_reusable_bytes": self.policy.reuse_bytes,
                 "moved_from": list(self.moved_from),
                 "compactor_pid": compactor.pid if self.compactor_running else None,

@@ -261,7 +261,7 @@ def test_blanks_a_killed_compactor_left_are_freed_unless_their_folder_is_held(tm
         folder.mkdir(parents=True)
         spool_requests(folder, 0, 1)  # a spool file, kept as a blank in the folder
         [path] = spool_files(spool_dir(str(folder), MODEL))
-        recycle(path, str(folder), 1 << 30, [0])
+        recycle(path, str(folder), 1 << 30, 0)
     with open(folders["held"] / LOCK, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert drop_orphaned_blanks(str(tmp_path), str(folders["mine"])) == 1

@@ -205,7 +205,7 @@ def test_a_writer_writes_over_a_kept_blank_and_cuts_what_is_left_of_it(tmp_path:
 
     big = _spool(tmp_path, "old", 500, 1)
     inode, old_size = os.stat(big).st_ino, os.stat(big).st_size
-    recycle(big, str(tmp_path), 1 << 30, [0])
+    recycle(big, str(tmp_path), 1 << 30, 0)
     assert spool_files(str(tmp_path)) == [] and spool_bytes(str(tmp_path)) == 0  # not backlog
     assert [size for _, size in blanks(str(tmp_path))] == [old_size]
     small = _spool(tmp_path, "new", 3, 2)
@@ -213,7 +213,7 @@ def test_a_writer_writes_over_a_kept_blank_and_cuts_what_is_left_of_it(tmp_path:
     [back] = read_spool(small)
     assert back.request_id == "new" and np.array_equal(back.inputs, np.arange(12).reshape(3, 4) + 2)
     assert blanks(str(tmp_path)) == [] and not list(tmp_path.glob(".*"))
-    recycle(small, str(tmp_path), 1 << 30, [0])  # a blank smaller than the next write grows
+    recycle(small, str(tmp_path), 1 << 30, 0)  # a blank smaller than the next write grows
     grown = _spool(tmp_path, "grown", 700, 3)
     assert os.stat(grown).st_ino == inode
     assert np.array_equal(read_spool(grown)[0].inputs, np.arange(2800).reshape(700, 4) + 3)
@@ -222,15 +222,15 @@ def test_a_writer_writes_over_a_kept_blank_and_cuts_what_is_left_of_it(tmp_path:
 def test_blanks_are_kept_up_to_the_cap_the_rest_deleted_and_all_dropped_at_the_end(tmp_path: Path) -> None:
     files = [_spool(tmp_path, f"r{i}", 100, i + 1) for i in range(3)]
     size = Path(files[0]).stat().st_size
-    kept = [0]
+    kept = 0
     for path in files:
-        recycle(path, str(tmp_path), 2 * size, kept)
-    assert kept == [2 * size] and len(blanks(str(tmp_path))) == 2 and spool_files(str(tmp_path)) == []
+        kept = recycle(path, str(tmp_path), 2 * size, kept)
+    assert kept == 2 * size and len(blanks(str(tmp_path))) == 2 and spool_files(str(tmp_path)) == []
     assert not any(Path(p).exists() for p in files)
     (tmp_path / ".half-made.reserving").write_bytes(bytes(10))  # a compactor killed while reserving
     assert drop_blanks(str(tmp_path)) == 2 and blanks(str(tmp_path)) == []
     assert not (tmp_path / ".half-made.reserving").exists()
-    recycle(_spool(tmp_path, "none", 10, 9), str(tmp_path), 0, [0])  # spool_reuse_mb 0: deleted at once
+    recycle(_spool(tmp_path, "none", 10, 9), str(tmp_path), 0, 0)  # spool_reuse_mb 0: deleted at once
     assert list(tmp_path.iterdir()) == []
 
 
@@ -240,7 +240,7 @@ def test_a_blank_another_writer_took_first_is_skipped(tmp_path: Path, monkeypatc
     import maas.capture_spool as spool
 
     for path in [_spool(tmp_path, f"r{i}", 10, i + 1) for i in range(2)]:
-        recycle(path, str(tmp_path), 1 << 30, [0])
+        recycle(path, str(tmp_path), 1 << 30, 0)
     inodes = {os.stat(path).st_ino for path, _ in blanks(str(tmp_path))}
     real, raced = os.rename, []
 
