@@ -127,10 +127,13 @@ def run_wrk(url: str, body: str, seconds: int, work: Path, server: int | None = 
     requests = max(1, int(re.search(r"(\d+) requests in", out).group(1)))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     busy, total = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
-    per_request = {f"us_{kind}": 0.0 for kind in PROCESS_KINDS}
-    for pid, (kind, jiffies) in procs_after.items():
-        spent = jiffies - procs_before[pid][1] if pid in procs_before else jiffies
+    per_request = {f"us_{kind}": 0.0 for kind in PROCESS_KINDS} | {"faults_replica": 0.0}
+    for pid, (kind, jiffies, faults) in procs_after.items():
+        spent, faulted = ((jiffies - procs_before[pid][1], faults - procs_before[pid][2])
+                          if pid in procs_before else (jiffies, faults))
         per_request[f"us_{kind}"] += spent * 1e6 / CLOCK_TICKS / requests
+        if kind == "replica":
+            per_request["faults_replica"] += faulted / requests
     per_request["us_wrk"] = 1e6 * sum(getattr(wrk_after, f) - getattr(wrk_before, f)
                                       for f in ("ru_utime", "ru_stime")) / requests
     return {"rps": rps, "p50": _latency(out, "50%"), "p99": _latency(out, "99%"),
@@ -150,11 +153,12 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def process_jiffies(server_session: int | None) -> dict[int, tuple[str, int]]:
-    """CPU time (user + system, all threads) of every process on the machine, with its kind:
+def process_jiffies(server_session: int | None) -> dict[int, tuple[str, int, int]]:
+    """CPU time (user + system, all threads) and minor page faults of every process on the
+    machine, with its kind:
     HAProxy, a Serve replica, the rest of Ray, the server the bench started (its session), other.
     wrk is counted apart (getrusage of the bench's reaped children)."""
-    found: dict[int, tuple[str, int]] = {}
+    found: dict[int, tuple[str, int, int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
@@ -177,7 +181,7 @@ def process_jiffies(server_session: int | None) -> dict[int, tuple[str, int]]:
             continue
         else:
             kind = "other"
-        found[int(stat.parent.name)] = (kind, jiffies)
+        found[int(stat.parent.name)] = (kind, jiffies, int(fields[7]))
     return found
 
 
@@ -490,10 +494,12 @@ def print_cpu(results: dict[str, dict[str, dict[str, float]]], width: int = 16) 
     hosting the model; server: a peer's processes, or `serve run`'s own; ray: the rest of Ray)."""
     for size, label in (("one", "single-row"), ("many", "64-row")):
         print(f"\nCPU us per request, {label}")
-        print(f"{'server':<{width}} " + " ".join(f"{k:>8}" for k in PROCESS_KINDS) + f" {'total':>8}")
+        print(f"{'server':<{width}} " + " ".join(f"{k:>8}" for k in PROCESS_KINDS) + f" {'total':>8}"
+              + "  replica page faults")
         for name, r in results.items():
             values = [r[size][f"us_{kind}"] for kind in PROCESS_KINDS]
-            print(f"{name:<{width}} " + " ".join(f"{v:>8.0f}" for v in values) + f" {sum(values):>8.0f}")
+            print(f"{name:<{width}} " + " ".join(f"{v:>8.0f}" for v in values) + f" {sum(values):>8.0f}"
+                  + f"  {r[size].get('faults_replica', 0.0):>8.2f}")
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -239,9 +240,66 @@ def drop_blanks(directory: str) -> int:
 # Writing (a replica's capture writer, in a thread)
 
 
-def write_spool(directory: str, samples: Iterable[Sample], writer: str,
-                next_seq: Callable[[], int]) -> list[tuple[str, int, int]]:
-    """One spool file per version of ``samples``; [(path, version, rows)]."""
+class SpoolView:
+    """A writer's picture of its spool, listed at most once every ``relist_s``: its blanks and how
+    many bytes it holds. Under load a writer flushes many times a second while the spool grows to
+    hundreds of files (the compactor waits for a lull); listing and sizing the folder at every
+    flush cost the replica ~7 us a 64-row request (bench/profile_replica.py). Between listings the
+    size counts what this writer wrote on top (what the compactor took meanwhile, or other
+    replicas on the machine wrote, shows at the next listing); at the limit it is counted anew."""
+
+    SMALL_FOLDER = 64  # entries: listed at every flush that finds no blank left
+
+    def __init__(self, directory: str, relist_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.directory, self.relist_s, self._clock = directory, relist_s, clock
+        self._blanks: list[str] = []
+        self._blanks_listed = self._sized = float("-inf")
+        self._relist_waits = False  # the last listing found no blank in a folder of many files
+        self._bytes = 0
+
+    def holds_at_least(self, limit: int) -> bool:
+        now = self._clock()
+        if now - self._sized >= self.relist_s or self._bytes >= limit:
+            self._bytes, self._sized = spool_bytes(self.directory), now
+        return self._bytes >= limit
+
+    def wrote(self, nbytes: int) -> None:
+        self._bytes += nbytes
+
+    def claim_blank(self, hidden: str) -> bool:
+        """Rename a blank to ``hidden`` (see ``_claim_blank``) from the last listing, listing anew
+        once it is used up: at once when that listing found some (the compactor is recycling) or
+        the folder is small, else once ``relist_s`` has passed. False when none is left."""
+        while True:
+            if not self._blanks:
+                now = self._clock()
+                if self._relist_waits and now - self._blanks_listed < self.relist_s:
+                    return False
+                self._list_blanks(now)
+                if not self._blanks:
+                    return False
+            try:
+                os.rename(self._blanks.pop(), hidden)
+                return True
+            except FileNotFoundError:  # another writer's, or dropped
+                continue
+
+    def _list_blanks(self, now: float) -> None:
+        try:
+            with os.scandir(self.directory) as entries:
+                names = [entry.name for entry in entries]
+        except FileNotFoundError:
+            names = []
+        self._blanks = [f"{self.directory}/{name}" for name in names if name.endswith(BLANK)]
+        self._blanks_listed = now
+        self._relist_waits = not self._blanks and len(names) > self.SMALL_FOLDER
+
+
+def write_spool(directory: str, samples: Iterable[Sample], writer: str, next_seq: Callable[[], int],
+                view: SpoolView | None = None) -> list[tuple[str, int, int]]:
+    """One spool file per version of ``samples``; [(path, version, rows)]. ``view``: the
+    writer's picture of the spool (blanks claimed from it, bytes written counted in it); without
+    one, the folder is listed for a blank at each file."""
     groups: dict[int, list[Sample]] = {}
     for sample in samples:
         if len(sample.inputs):  # a request without rows has nothing to keep
@@ -251,12 +309,12 @@ def write_spool(directory: str, samples: Iterable[Sample], writer: str,
     files = []
     for version, group in sorted(groups.items()):
         path = f"{directory}/{written}-{writer}-{next_seq():06d}{SUFFIX}"
-        rows = _write_file(path, group)
+        rows = _write_file(path, group, view)
         files.append((path, version, rows))
     return files
 
 
-def _write_file(path: str, samples: Sequence[Sample]) -> int:
+def _write_file(path: str, samples: Sequence[Sample], view: SpoolView | None = None) -> int:
     """Header, then each request's arrays as they lie in memory (no concatenation: the kernel
     copies them into the page cache, in one ``writev`` call, so the writer thread gives the
     event loop the GIL back once a flush, not once an array); written under a hidden name and
@@ -281,19 +339,22 @@ def _write_file(path: str, samples: Sequence[Sample]) -> int:
     directory, name = os.path.split(path)
     hidden = f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
     buffers = [PREFIX.pack(MAGIC, len(encoded)), encoded, *(inputs if tensor else []), *outputs]
+    size = sum(b.nbytes if isinstance(b, np.ndarray) else len(b) for b in buffers)
     try:
-        reused = _claim_blank(directory, hidden)
+        reused = view.claim_blank(hidden) if view is not None else _claim_blank(directory, hidden)
         fd = os.open(hidden, os.O_WRONLY | (0 if reused else os.O_CREAT | os.O_EXCL), 0o600)
         try:
             _write_all(fd, buffers)
             if reused:  # what is left of the blank's old bytes goes
-                os.ftruncate(fd, sum(memoryview(b).nbytes for b in buffers))
+                os.ftruncate(fd, size)
         finally:
             os.close(fd)
         os.replace(hidden, path)
     except BaseException:
         Path(hidden).unlink(missing_ok=True)
         raise
+    if view is not None:
+        view.wrote(size)
     return sum(len(x) for x in inputs)
 
 

@@ -34,7 +34,15 @@ import numpy as np
 
 from maas import capture_compactor
 from maas.capture import Sample, write_feedback
-from maas.capture_spool import blank_bytes, drop_blanks, spool_bytes, spool_files, spool_place, write_spool
+from maas.capture_spool import (
+    SpoolView,
+    blank_bytes,
+    drop_blanks,
+    spool_bytes,
+    spool_files,
+    spool_place,
+    write_spool,
+)
 from maas.serving.settings import CaptureSettings
 
 logger = logging.getLogger("ray.serve")
@@ -109,6 +117,8 @@ class Capture:
         if self.spool and place.directory != self.spool:  # moved live: the old one is emptied
             self.stop_compactor()  # its last pass takes the old spool; the writer, what it leaves
             self.moved_from.append(self.spool)
+        if place.directory != self.spool:
+            self.view = SpoolView(place.directory)  # the writer's picture of it (its thread's alone)
         self.spool, self.max_spool_bytes, self.spool_note = place.directory, place.max_bytes, place.note
         if place.note:
             logger.info("%s: capture %s", self.model_name, place.note)
@@ -245,10 +255,10 @@ class Capture:
         files = feedback_files = None
         samples_error = feedback_error = None
         self._empty_moved()
-        spool_full = bool(samples) and spool_bytes(self.spool) >= self.max_spool_bytes
+        spool_full = bool(samples) and self.view.holds_at_least(self.max_spool_bytes)
         if samples and not spool_full:
             try:
-                files = self._write_spool(self.spool, samples, self.writer, self._next_seq)
+                files = self._write_spool(self.spool, samples, self.writer, self._next_seq, self.view)
             except Exception as exc:  # noqa: BLE001 - kept for a retry, reported in the status
                 samples_error = exc
             else:

@@ -15,6 +15,7 @@ from maas.capture import Sample, model_dir
 from maas.capture_spool import (
     MAGIC,
     PREFIX,
+    SpoolView,
     blanks,
     drop_blanks,
     read_spool,
@@ -279,3 +280,59 @@ def test_inline_compaction_reuses_its_spool_files_and_frees_them_when_capture_en
         assert capture.state()["written_rows"] == 128
 
     asyncio.run(scenario())
+
+
+def _listings(monkeypatch) -> list[str]:
+    import os
+
+    import maas.capture_spool as spool
+
+    listed, real = [], os.scandir
+
+    def counted(path):
+        listed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(spool.os, "scandir", counted)
+    return listed
+
+
+def test_a_writer_lists_a_big_spool_for_blanks_once_a_second_at_most(tmp_path: Path, monkeypatch) -> None:
+    """Under load the spool holds hundreds of files: a flush finding no blank does not list it
+    again within relist_s; blanks the compactor recycles are found at the next listing; a
+    listing that found blanks is used up before the next."""
+    for i in range(SpoolView.SMALL_FOLDER + 1):  # a backlog the compactor has not taken yet
+        (tmp_path / f"{i:04d}.spool").write_bytes(b"x")
+    now = [100.0]
+    view = SpoolView(str(tmp_path), relist_s=1.0, clock=lambda: now[0])
+    listed = _listings(monkeypatch)
+    assert not view.claim_blank(f"{tmp_path}/.a.tmp") and not view.claim_blank(f"{tmp_path}/.b.tmp")
+    assert len(listed) == 1
+    for name in ("one", "two"):
+        (tmp_path / f".{name}.blank").write_bytes(b"old")
+    now[0] += 0.5
+    assert not view.claim_blank(f"{tmp_path}/.c.tmp") and len(listed) == 1  # not listed yet
+    now[0] += 0.5
+    assert view.claim_blank(f"{tmp_path}/.d.tmp") and view.claim_blank(f"{tmp_path}/.e.tmp")
+    assert len(listed) == 2 and (tmp_path / ".d.tmp").read_bytes() == b"old"
+    assert not (tmp_path / ".one.blank").exists() and not (tmp_path / ".two.blank").exists()
+    (tmp_path / ".three.blank").write_bytes(b"old")  # recycled meanwhile: found at once, since the
+    assert view.claim_blank(f"{tmp_path}/.f.tmp") and len(listed) == 3  # last listing found some
+
+
+def test_a_writers_view_of_the_spool_size_counts_its_writes_and_recounts_at_the_limit(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    (tmp_path / "a.spool").write_bytes(bytes(600))
+    now = [100.0]
+    view = SpoolView(str(tmp_path), relist_s=1.0, clock=lambda: now[0])
+    listed = _listings(monkeypatch)
+    assert not view.holds_at_least(1000) and len(listed) == 1
+    view.wrote(300)
+    assert not view.holds_at_least(1000) and len(listed) == 1  # 900, counted, not listed
+    view.wrote(300)
+    (tmp_path / "a.spool").unlink()  # the compactor took it meanwhile: the recount sees room
+    assert not view.holds_at_least(1000) and len(listed) == 2
+    (tmp_path / "b.spool").write_bytes(bytes(1200))  # another replica's write: seen at the next listing
+    assert not view.holds_at_least(1000)
+    now[0] += 1.0
+    assert view.holds_at_least(1000) and len(listed) == 3
