@@ -42,7 +42,6 @@ from maas.capture import WRITTEN_FORMAT, list_files, model_dir, write_samples
 from maas.capture_spool import (
     blank_bytes,
     blanks,
-    drop_abandoned,
     drop_blanks,
     memory_root,
     read_spool,
@@ -87,7 +86,6 @@ def compact(spool: str, registry_root: str, model: str, writer: str, batch_bytes
     files done with are kept as blanks for the writers to reuse while the blanks hold under
     ``reuse_bytes`` (``maas.capture_spool``: writing into held memory is cheaper), else deleted."""
     recover(spool, registry_root, model)
-    drop_abandoned(spool)
     kept = blank_bytes(spool)
     sequence = iter(range(1, 1 << 62))
     next_seq = next_seq or (lambda: next(sequence))

@@ -7,19 +7,12 @@ split, list columns, a file per flush), which in the replica cost a quarter of i
 throughput at 100% capture (bench/serve_load.py --capture). Writing a request's arrays as they are
 costs a copy into the page cache, and the encoding moves to CPU time serving does not use.
 
-One spool file per version per flush, named ``<written>-<writer>-<seq>.spool`` (written under a
-hidden name, then renamed: a reader never sees part of one), in one of two layouts. Written at a
-flush by a writer thread (``write_spool``: the disk spool, and text and table models)::
+One spool file per version per flush, named ``<written>-<writer>-<seq>.spool`` (written whole:
+a hidden name, then renamed)::
 
     MAGIC (8 bytes) | header length (8 bytes, little-endian) | header (JSON, UTF-8)
     | inputs: float32 [rows, width], C order (tensor models; text and table inputs are in the header)
     | outputs: float32 [rows, output width], C order
-
-Written through, request by request as each is answered (``SpoolAppender``: a memory spool's
-tensor models; the header, which names the requests, comes last)::
-
-    MAGIC_THROUGH (8 bytes) | per request: inputs float32 [rows, width], outputs float32
-    [rows, output width] | header (JSON) | header length (8 bytes, little-endian) | MAGIC_THROUGH
 
 The header names the version, its schema (dtype, input shape, classes) and each request: id,
 arrival time, protocol, route, latency and rows. Nothing in it is executed or unpickled.
@@ -69,14 +62,10 @@ from maas.storage import is_uri
 
 MAGIC = b"MAASCAP1"
 PREFIX = struct.Struct("<8sQ")
-MAGIC_THROUGH = b"MAASCAP2"  # a file written through (``SpoolAppender``): the header at the end
-TRAILER = struct.Struct("<Q8s")  # header length, MAGIC_THROUGH
 SPOOL_DIR = "_spool"
 SUFFIX = ".spool"
 BLANK = ".blank"
-OPEN = ".open"  # a file being written through: ``.<pid>-<writer>-<id>.open``
 FORMAT = 1
-FORMAT_THROUGH = 2
 
 
 @dataclass(frozen=True)
@@ -166,17 +155,13 @@ def spool_bytes(directory: str) -> int:
         return 0
 
 
-def _entries(directory: str) -> Iterator[os.DirEntry]:
-    try:
-        with os.scandir(directory) as entries:
-            yield from entries
-    except FileNotFoundError:
-        return
-
-
 def _blank_entries(directory: str) -> Iterator[os.DirEntry]:
     """The blanks in ``directory`` as the folder lists them (a writer claims one without a stat)."""
-    return (entry for entry in _entries(directory) if entry.name.endswith(BLANK))
+    try:
+        with os.scandir(directory) as entries:
+            yield from (entry for entry in entries if entry.name.endswith(BLANK))
+    except FileNotFoundError:
+        return
 
 
 def blanks(directory: str) -> list[tuple[str, int]]:
@@ -341,7 +326,8 @@ def _write_file(path: str, samples: Sequence[Sample], view: SpoolView | None = N
     outputs = [np.ascontiguousarray(s.outputs, dtype=np.float32).reshape(len(s.outputs), -1) for s in samples]
     header = {
         "format": FORMAT, "version": samples[0].model.version,
-        "schema": _schema(schema),
+        "schema": {"dtype": schema.dtype, "input_shape": [int(d) for d in schema.input_shape],
+                   "classes": [c if isinstance(c, (int, str)) else str(c) for c in schema.classes]},
         "requests": [[s.request_id, s.time, s.protocol, s.route, s.latency_s, len(s.inputs)]
                      for s in samples],
         "input_width": int(inputs[0].shape[1]) if tensor else None,
@@ -370,193 +356,6 @@ def _write_file(path: str, samples: Sequence[Sample], view: SpoolView | None = N
     if view is not None:
         view.wrote(size)
     return sum(len(x) for x in inputs)
-
-
-class OpenSpoolFile:
-    """A spool file being written through (``SpoolAppender``): the requests so far; their arrays
-    are in the file already."""
-
-    def __init__(self, directory: str, writer: str, fd: int, hidden: str, reused: bool, model: Any,
-                 input_width: int, output_width: int):
-        self.directory, self.writer, self.fd, self.hidden, self.reused = directory, writer, fd, hidden, reused
-        self.model, self.input_width, self.output_width = model, input_width, output_width
-        self.requests: list[list[Any]] = []
-        self.rows, self.size = 0, len(MAGIC_THROUGH)
-        self.broken = False  # a failed write could not be cut back: the file is lost
-
-    def append(self, sample: Sample, inputs: np.ndarray, outputs: np.ndarray) -> None:
-        """The request's arrays after the last one's. On a failed write the file is cut back to
-        the requests before it and the OSError raised; when even that fails, ``broken`` is set."""
-        try:
-            _write_all(self.fd, [inputs, outputs])
-        except OSError:
-            try:
-                os.ftruncate(self.fd, self.size)
-                os.lseek(self.fd, self.size, os.SEEK_SET)
-            except OSError:
-                self.broken = True
-            raise
-        self.size += inputs.nbytes + outputs.nbytes
-        self.rows += len(inputs)
-        self.requests.append([sample.request_id, sample.time, sample.protocol, sample.route,
-                              sample.latency_s, len(inputs)])
-
-    def seal(self, name: str) -> tuple[str, int, int]:
-        """Header and trailer written, the rest of a reused blank cut, renamed to ``name``:
-        (path, version, rows). Closes the file whatever happens; unlinks it on failure."""
-        schema = self.model.schema
-        header = {"format": FORMAT_THROUGH, "version": self.model.version, "schema": _schema(schema),
-                  "requests": self.requests, "input_width": self.input_width,
-                  "output_width": self.output_width}
-        encoded = json.dumps(header, separators=(",", ":")).encode()
-        path = f"{self.directory}/{name}"
-        try:
-            try:
-                _write_all(self.fd, [encoded, TRAILER.pack(len(encoded), MAGIC_THROUGH)])
-                if self.reused:
-                    os.ftruncate(self.fd, self.size + len(encoded) + TRAILER.size)
-            finally:
-                os.close(self.fd)
-            os.replace(self.hidden, path)
-        except BaseException:
-            Path(self.hidden).unlink(missing_ok=True)
-            raise
-        return path, self.model.version, self.rows
-
-    def give_up(self) -> None:
-        """Close and delete it (its requests are lost: the caller counts them)."""
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-        Path(self.hidden).unlink(missing_ok=True)
-
-
-class SpoolAppender:
-    """Writes each captured request of a tensor model into its version's open spool file as it
-    is offered, from the request's own thread, and hands the open files over to be sealed (a
-    header at the end, then the final name) at each flush.
-
-    Why: holding a flush's requests until a writer thread copies them (``write_spool``) cost a
-    replica ~50 us of CPU per 64-row request under load, against ~9 us for the same work alone:
-    the held arrays took the memory the next requests would have reused while it was still in
-    the CPU's caches, and the copy read them back cold. Written at once, the arrays are copied
-    while hot and freed for the next request (bench/serve_load.py --capture). Only for a memory
-    spool: a write into memory cannot wait on a device, a write to a disk's page cache can (the
-    disk spool keeps ``write_spool``, in a thread)."""
-
-    def __init__(self, directory: str, writer: str):
-        self.directory, self.writer = directory, writer
-        self.view = SpoolView(directory)  # for blanks only: this thread's own list
-        self.files: dict[int, OpenSpoolFile] = {}
-
-    def append(self, sample: Sample) -> bool:
-        """Write ``sample`` through; False when it does not fit its open file's layout (the
-        caller buffers it instead). ``AppendError``: not written."""
-        inputs = np.ascontiguousarray(sample.inputs, dtype=np.float32).reshape(len(sample.inputs), -1)
-        outputs = np.ascontiguousarray(sample.outputs, dtype=np.float32).reshape(len(sample.outputs), -1)
-        version = sample.model.version
-        spool = self.files.get(version)
-        try:
-            if spool is None:
-                spool = self.files[version] = self._open(sample.model, inputs.shape[1], outputs.shape[1])
-            elif (spool.input_width, spool.output_width) != (inputs.shape[1], outputs.shape[1]):
-                return False
-            spool.append(sample, inputs, outputs)
-        except OSError as exc:
-            lost = spool is not None and spool.broken
-            if lost:
-                self.files.pop(version).give_up()
-            raise AppendError(exc, len(spool.requests) if lost else 0, spool.rows if lost else 0) from exc
-        return True
-
-    def _open(self, model: Any, input_width: int, output_width: int) -> OpenSpoolFile:
-        os.makedirs(self.directory, exist_ok=True)
-        hidden = f"{self.directory}/.{os.getpid()}-{self.writer}-{uuid.uuid4().hex[:8]}{OPEN}"
-        reused = self.view.claim_blank(hidden)
-        fd = os.open(hidden, os.O_WRONLY | (0 if reused else os.O_CREAT | os.O_EXCL), 0o600)
-        try:
-            _write_all(fd, [MAGIC_THROUGH])
-        except OSError:
-            os.close(fd)
-            Path(hidden).unlink(missing_ok=True)
-            raise
-        return OpenSpoolFile(self.directory, self.writer, fd, hidden, reused, model, input_width,
-                             output_width)
-
-    @property
-    def requests(self) -> int:
-        return sum(len(f.requests) for f in self.files.values())
-
-    def detach(self) -> list[OpenSpoolFile]:
-        """The open files, to seal (``seal_spool``); new requests go to new ones."""
-        files, self.files = list(self.files.values()), {}
-        return files
-
-
-class AppendError(OSError):
-    """A request not written through; ``lost_requests`` / ``lost_rows``: the earlier requests of
-    its file, lost with it when the failed write could not be cut back."""
-
-    def __init__(self, error: OSError, lost_requests: int = 0, lost_rows: int = 0):
-        super().__init__(f"{type(error).__name__}: {error}")
-        self.lost_requests, self.lost_rows = lost_requests, lost_rows
-
-
-@dataclass
-class Sealed:
-    """What ``seal_spool`` did: [(path, version, rows)] sealed; requests and rows lost with the
-    files that failed (deleted), and the first error."""
-
-    files: list[tuple[str, int, int]]
-    lost_requests: int = 0
-    lost_rows: int = 0
-    error: OSError | None = None
-
-
-def drop_abandoned(directory: str) -> int:
-    """Delete the files a writer was writing through when its process died (a replica killed):
-    the ids and times of their requests went with it, and a file nobody will seal would hold
-    its memory for good. Returns how many."""
-    dropped = 0
-    for entry in _entries(directory):
-        pid = entry.name[1:].split("-", 1)[0]
-        if entry.name.endswith(OPEN) and pid.isdigit() and not _process_alive(int(pid)):
-            Path(entry.path).unlink(missing_ok=True)
-            dropped += 1
-    return dropped
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: alive
-        return True
-    return True
-
-
-def seal_spool(files: Sequence[OpenSpoolFile], next_seq: Callable[[], int]) -> Sealed:
-    """Seal what a ``SpoolAppender`` handed over (a file with no request is deleted)."""
-    written = datetime.now(timezone.utc).strftime(WRITTEN_FORMAT)
-    sealed = Sealed([])
-    for spool in files:
-        if not spool.requests:
-            spool.give_up()
-            continue
-        try:
-            sealed.files.append(spool.seal(f"{written}-{spool.writer}-{next_seq():06d}{SUFFIX}"))
-        except OSError as exc:
-            sealed.lost_requests += len(spool.requests)
-            sealed.lost_rows += spool.rows
-            sealed.error = sealed.error or exc
-    return sealed
-
-
-def _schema(schema: DataSchema) -> dict[str, Any]:
-    return {"dtype": schema.dtype, "input_shape": [int(d) for d in schema.input_shape],
-            "classes": [c if isinstance(c, (int, str)) else str(c) for c in schema.classes]}
 
 
 def _claim_blank(directory: str, hidden: str) -> bool:
@@ -598,72 +397,39 @@ def _write_all(fd: int, buffers: list[Any]) -> None:
 
 
 def read_spool(path: str | Path) -> list[Sample]:
-    """A spool file's requests as ``Sample``s (their arrays: views of the file's bytes), either
-    layout (``write_spool``'s header first, ``SpoolAppender``'s header last). A file that is not
-    one, or whose sizes do not add up, raises ``DataError``."""
+    """A spool file's requests as ``Sample``s (their arrays: views of the file's bytes). A file
+    that is not one, or whose sizes do not add up, raises ``DataError``."""
     data = Path(path).read_bytes()
-    if data[:len(MAGIC_THROUGH)] == MAGIC_THROUGH and len(data) >= len(MAGIC_THROUGH) + TRAILER.size:
-        length, magic = TRAILER.unpack_from(data, len(data) - TRAILER.size)
-        end = len(data) - TRAILER.size - length
-        if magic != MAGIC_THROUGH or end < len(MAGIC_THROUGH):
-            raise DataError(f"{path} is not a whole capture spool file (bad trailer)")
-        header = _header(path, data[end:len(data) - TRAILER.size], FORMAT_THROUGH)
-        return _samples(path, header, memoryview(data)[len(MAGIC_THROUGH):end], interleaved=True)
     if len(data) < PREFIX.size:
         raise DataError(f"capture spool file {path} is truncated: {len(data)} bytes")
     magic, length = PREFIX.unpack_from(data)
     if magic != MAGIC or PREFIX.size + length > len(data):
         raise DataError(f"{path} is not a capture spool file (bad magic or header length)")
-    header = _header(path, data[PREFIX.size:PREFIX.size + length], FORMAT)
-    return _samples(path, header, memoryview(data)[PREFIX.size + length:], interleaved=False)
-
-
-def _header(path: str | Path, encoded: bytes, expected: int) -> dict[str, Any]:
-    """The header, checked, with its version and schema as ``model`` (a ``SpooledVersion``)."""
     try:
-        header = json.loads(encoded)
+        header = json.loads(data[PREFIX.size:PREFIX.size + length])
         schema = DataSchema(tuple(header["schema"]["input_shape"]), list(header["schema"]["classes"]),
                             header["schema"]["dtype"])
-        header["model"] = SpooledVersion(int(header["version"]), schema)
-        int(header["output_width"]), [int(r[5]) for r in header["requests"]]
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        requests, width = header["requests"], int(header["output_width"])
+        model = SpooledVersion(int(header["version"]), schema)
+    except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"capture spool file {path} has an unreadable header: {exc}") from exc
-    if header.get("format") != expected:
-        raise DataError(f"capture spool file {path} has format {header.get('format')!r}, expected {expected}")
-    return header
-
-
-def _samples(path: str | Path, header: dict[str, Any], body: memoryview, interleaved: bool) -> list[Sample]:
-    """The requests: all inputs then all outputs, or (``interleaved``) each request's inputs then
-    its outputs."""
-    requests, width, model = header["requests"], int(header["output_width"]), header["model"]
+    if header.get("format") != FORMAT:
+        raise DataError(f"capture spool file {path} has format {header.get('format')!r}, expected {FORMAT}")
     total = sum(int(r[5]) for r in requests)
     tensor = header["input_width"] is not None
     input_width = int(header["input_width"]) if tensor else 0
+    body = memoryview(data)[PREFIX.size + length:]
     expected = 4 * total * (input_width + width)
     if len(body) != expected:
         raise DataError(f"capture spool file {path} holds {len(body)} bytes of arrays, expected {expected}")
-    if interleaved and not tensor:
-        raise DataError(f"capture spool file {path}: a file written through holds tensor inputs only")
     floats = np.frombuffer(body, dtype=np.float32)
-    try:
-        texts = None if tensor else np.array(header["texts"], dtype=object).reshape(total, -1)
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"capture spool file {path} has no text inputs for its {total} rows") from exc
-    samples, row, offset = [], 0, 0
+    inputs = (floats[:total * input_width].reshape(total, input_width) if tensor
+              else np.array(header["texts"], dtype=object).reshape(total, -1))
+    outputs = floats[total * input_width:].reshape(total, width)
+    samples, start = [], 0
     for request_id, arrived, protocol, route, latency_s, rows in requests:
-        rows = int(rows)
-        if interleaved:
-            inputs = floats[offset:offset + rows * input_width].reshape(rows, input_width)
-            offset += rows * input_width
-            outputs = floats[offset:offset + rows * width].reshape(rows, width)
-            offset += rows * width
-        else:
-            inputs = (texts[row:row + rows] if texts is not None
-                      else floats[row * input_width:(row + rows) * input_width].reshape(rows, input_width))
-            start = total * input_width
-            outputs = floats[start + row * width:start + (row + rows) * width].reshape(rows, width)
-        samples.append(Sample(float(arrived), request_id, model, protocol, route, inputs, outputs,
-                              float(latency_s)))
-        row += rows
+        end = start + int(rows)
+        samples.append(Sample(float(arrived), request_id, model, protocol, route, inputs[start:end],
+                              outputs[start:end], float(latency_s)))
+        start = end
     return samples

@@ -1,26 +1,20 @@
 """Captured traffic in one replica: the sampled requests of one model and the feedback labels sent
-for them, written off the request's critical work and bounded everywhere. When a bound is reached,
+for them, held in a bounded buffer and written by a background task. The request path only draws
+the sample and appends a tuple to a deque: no copy, no I/O, no lock. When the buffer is full,
 samples are dropped and counted (the model's status, ``maas_capture_dropped_total``); a request
-never waits for capture and never fails because of it.
+never waits for capture.
 
-With the memory spool (the default), a tensor model's sampled request is written through as it is
-answered (``maas.capture_spool.SpoolAppender``: a copy of its arrays into an open file in
-/dev/shm, ~6 us of CPU for a 64-row digits request, then the arrays are freed) and a background task
-seals the open files every ``flush_s`` seconds or ``flush_rows`` rows (the header, then the final
-name). Holding the arrays for a writer thread instead cost the replica ~50 us a 64-row request
-under load (bench/serve_load.py --capture). Text and table requests, and every request with the
-disk spool (whose writes can wait on the device), go to a bounded buffer that a writer thread
-spools at each flush (``maas.capture_spool.write_spool``).
-
-A compactor process at nice 19 (``maas.capture_compactor``, started here) turns the spool into
-the Parquet layout of ``maas.capture``: the encoding, most of capture's cost, runs on CPU time
-serving leaves idle. The spool is bounded too (``max_spool_mb``): past it, samples are dropped
-and counted. ``compaction: inline`` compacts in the writer's thread instead, ``external`` leaves
-it to a compactor run elsewhere. Feedback labels are few and small: written as Parquet directly.
+The writer spools the requests' arrays as they are (``maas.capture_spool``: a copy into the page
+cache) and a compactor process at nice 19 (``maas.capture_compactor``, started here) turns the
+spool into the Parquet layout of ``maas.capture``: the encoding, most of capture's cost, runs on
+CPU time serving leaves idle. The spool is bounded too (``max_spool_mb``): past it, samples are
+dropped and counted. ``compaction: inline`` compacts in the writer's thread instead, ``external``
+leaves it to a compactor run elsewhere. Feedback labels are few and small: written as Parquet
+directly.
 
 One ``Capture`` per model per replica (``ModelHost.capture``), made and changed by the model's
-settings (``capture: {rate: 0.1}``) through ``reconfigure``; flushed when the settings turn it
-off, and when the replica shuts down.
+settings (``capture: {rate: 0.1}``) through ``reconfigure``; flushed every ``flush_s`` seconds or
+``flush_rows`` rows, when the settings turn it off, and when the replica shuts down.
 """
 
 from __future__ import annotations
@@ -41,13 +35,9 @@ import numpy as np
 from maas import capture_compactor
 from maas.capture import Sample, write_feedback
 from maas.capture_spool import (
-    OpenSpoolFile,
-    Sealed,
-    SpoolAppender,
     SpoolView,
     blank_bytes,
     drop_blanks,
-    seal_spool,
     spool_bytes,
     spool_files,
     spool_place,
@@ -103,9 +93,6 @@ class Capture:
         self.buffer: deque[Sample] = deque()
         self.feedback: deque[tuple[float, str, list[str]]] = deque()
         self.buffered_rows = 0
-        self.appender: SpoolAppender | None = None  # a memory spool's: requests written through
-        self.spool_full = False  # (written through) the spool held max_spool_mb at the last flush
-        self._sealing: list[OpenSpoolFile] = []  # written through into a spool moved away from
         self.rate, self.flush_s, self.flush_rows, self.max_rows = 0.0, 5.0, 10_000, 100_000
         self.max_spool_bytes = 0
         self.apply(settings)
@@ -132,9 +119,6 @@ class Capture:
             self.moved_from.append(self.spool)
         if place.directory != self.spool:
             self.view = SpoolView(place.directory)  # the writer's picture of it (its thread's alone)
-            if self.appender is not None:
-                self._sealing.extend(self.appender.detach())
-            self.appender = SpoolAppender(place.directory, self.writer) if place.medium == "memory" else None
         self.spool, self.max_spool_bytes, self.spool_note = place.directory, place.max_bytes, place.note
         if place.note:
             logger.info("%s: capture %s", self.model_name, place.note)
@@ -162,44 +146,11 @@ class Capture:
             self.dropped_rows += rows
             return
         self.sampled += 1
-        sample = Sample(time.time() - latency_s, request_id, model, protocol, route, inputs, outputs,
-                        latency_s)
-        if self.appender is None or model.schema.string_input or not self._written_through(sample, rows):
-            self.buffer.append(sample)
-            self.buffered_rows += rows
+        self.buffered_rows += rows
+        self.buffer.append(Sample(time.time() - latency_s, request_id, model, protocol, route, inputs,
+                                  outputs, latency_s))
         if self.buffered_rows >= self.flush_rows and self._wake is not None:
             self._wake.set()
-
-    def _written_through(self, sample: Sample, rows: int) -> bool:
-        """A tensor request into the memory spool's open file (``SpoolAppender``): True when it
-        was written, or dropped and counted (the spool full, a failed write); False: buffer it."""
-        if self.spool_full:
-            self._drop(1, rows, "spool_full")
-            return True
-        try:
-            if not self.appender.append(sample):
-                return False
-            self.buffered_rows += rows
-            return True
-        except Exception as exc:  # noqa: BLE001 - never the request's failure: counted, reported
-            lost = getattr(exc, "lost_requests", 0), getattr(exc, "lost_rows", 0)
-            self.buffered_rows -= lost[1]
-            self._drop(1 + lost[0], rows + lost[1], "write_failed")
-            self._write_failed(exc)
-            return True
-
-    def _drop(self, requests: int, rows: int, reason: str) -> None:
-        self.dropped += requests
-        self.dropped_rows += rows
-        if reason == "spool_full":
-            self.dropped_spool_full += requests
-        elif reason == "write_failed":
-            self.dropped_unwritten += requests
-
-    def _write_failed(self, error: Exception) -> None:
-        self.write_errors += 1
-        self.last_error = f"{type(error).__name__}: {error}"[:500]
-        logger.warning("%s: captured traffic not written: %s", self.model_name, self.last_error)
 
     def record_feedback(self, request_id: str, labels: list[str]) -> bool:
         """A client's labels for an earlier answer (one per request row, as text); False when the
@@ -234,30 +185,26 @@ class Capture:
             except Exception:  # never let the writer die; what went wrong is in the status
                 logger.exception("%s: capture flush failed", self.model_name)
 
-    def _take(self) -> tuple[list[Sample], list[tuple[float, str, list[str]]], list[OpenSpoolFile]]:
-        """What waits: buffered samples, feedback, and the files written through, to seal."""
+    def _take(self) -> tuple[list[Sample], list[tuple[float, str, list[str]]]]:
         samples, self.buffer, self.buffered_rows = list(self.buffer), deque(), 0
         feedback, self.feedback = list(self.feedback), deque()
-        sealing, self._sealing = self._sealing, []
-        if self.appender is not None:
-            sealing.extend(self.appender.detach())
-        return samples, feedback, sealing
+        return samples, feedback
 
     async def flush(self) -> None:
         """Write what waits, in a thread (off the event loop); one write at a time."""
         lock = self._lock or asyncio.Lock()
         async with lock:
-            samples, feedback, sealing = self._take()
-            if samples or feedback or sealing or self.spool_full:
-                outcome = await asyncio.to_thread(self._write, samples, feedback, sealing)
+            samples, feedback = self._take()
+            if samples or feedback:
+                outcome = await asyncio.to_thread(self._write, samples, feedback)
                 self._settle(samples, feedback, *outcome)
             self._report_dropped()
 
     def flush_now(self) -> None:
         """Write what waits in this thread (a replica shutting down: no event loop to wait on)."""
-        samples, feedback, sealing = self._take()
-        if samples or feedback or sealing:
-            self._settle(samples, feedback, *self._write(samples, feedback, sealing))
+        samples, feedback = self._take()
+        if samples or feedback:
+            self._settle(samples, feedback, *self._write(samples, feedback))
 
     async def close(self) -> None:
         """Stop the writer once its current write is done, and write what is left (settings
@@ -302,15 +249,11 @@ class Capture:
                 logger.warning("%s: capture compactor still at work after %.0f s; its spool waits for "
                                "the next one", self.model_name, wait_s)
 
-    def _write(self, samples: list[Sample], feedback: list[tuple[float, str, list[str]]],
-               sealing: list[OpenSpoolFile] = ()) -> tuple[Any, ...]:
+    def _write(self, samples: list[Sample], feedback: list[tuple[float, str, list[str]]]) -> tuple[Any, ...]:
         """(spool files written, feedback files written, the samples' error, the feedback's error,
-        whether the spool was full, what sealing the files written through did)."""
+        whether the spool was full)."""
         files = feedback_files = None
         samples_error = feedback_error = None
-        sealed = seal_spool(sealing, self._next_seq) if sealing else None
-        if sealed is not None:
-            self.view.wrote(sum(f.size for f in sealing))
         self._empty_moved()
         spool_full = bool(samples) and self.view.holds_at_least(self.max_spool_bytes)
         if samples and not spool_full:
@@ -318,23 +261,15 @@ class Capture:
                 files = self._write_spool(self.spool, samples, self.writer, self._next_seq, self.view)
             except Exception as exc:  # noqa: BLE001 - kept for a retry, reported in the status
                 samples_error = exc
-        if files or (sealed is not None and sealed.files):
-            self._compact()
-        if self.appender is not None:  # for what the request path writes through next
-            full = self.view.holds_at_least(self.max_spool_bytes)
-            if full and not self.spool_full:
-                logger.warning("%s: capture spool %s holds max_spool_mb; captured requests are dropped "
-                               "until the compactor makes room", self.model_name, self.spool)
-            self.spool_full = full
-        else:
-            self.spool_full = False
+            else:
+                self._compact()
         if feedback:
             try:
                 feedback_files = self._write_feedback(self.registry_root, self.model_name, feedback,
                                                       self.writer, self._next_seq)
             except Exception as exc:  # noqa: BLE001
                 feedback_error = exc
-        return files, feedback_files, samples_error, feedback_error, spool_full, sealed
+        return files, feedback_files, samples_error, feedback_error, spool_full
 
     def _compact(self) -> None:
         """After a spool write (in the writer's thread): compact it here (inline), or see that a
@@ -386,20 +321,15 @@ class Capture:
 
     def _settle(self, samples: list[Sample], feedback: list[tuple[float, str, list[str]]], files: Any,
                 feedback_files: Any, samples_error: Exception | None,
-                feedback_error: Exception | None, spool_full: bool = False,
-                sealed: Sealed | None = None) -> None:
+                feedback_error: Exception | None, spool_full: bool = False) -> None:
         """Count what was written; put back what failed when there is room (the next flush
-        retries it), else drop and count it (a file written through that could not be sealed:
-        its requests are gone)."""
+        retries it), else drop and count it."""
         if spool_full:
-            self._drop(len(samples), sum(len(s.inputs) for s in samples), "spool_full")
+            self.dropped += len(samples)
+            self.dropped_rows += sum(len(s.inputs) for s in samples)
+            self.dropped_spool_full += len(samples)
             logger.warning("%s: capture spool %s holds max_spool_mb; %d captured requests dropped",
                            self.model_name, self.spool, len(samples))
-        if sealed is not None:
-            files = (files or []) + sealed.files
-            if sealed.error is not None:
-                self._drop(sealed.lost_requests, sealed.lost_rows, "write_failed")
-                self._write_failed(sealed.error)
         if files:
             metrics = _metrics()
             for _, version, rows in files:
@@ -424,7 +354,9 @@ class Capture:
                 self.buffer.extendleft(reversed(samples))
                 self.buffered_rows += rows
             else:
-                self._drop(len(samples), rows, "write_failed")
+                self.dropped += len(samples)
+                self.dropped_rows += rows
+                self.dropped_unwritten += len(samples)
         if feedback_error is not None:
             room = max(0, self.max_rows - len(self.feedback))
             self.feedback.extendleft(reversed(feedback[-room:] if room else []))
@@ -447,8 +379,7 @@ class Capture:
 
         return {"rate": self.rate, "path": model_dir(self.registry_root, self.model_name),
                 "writer": self.writer, "spool": self._spool_state(), "sampled_requests": self.sampled,
-                "buffered_requests": len(self.buffer) + (self.appender.requests if self.appender else 0),
-                "buffered_rows": self.buffered_rows,
+                "buffered_requests": len(self.buffer), "buffered_rows": self.buffered_rows,
                 "max_buffered_rows": self.max_rows, "dropped_requests": self.dropped,
                 "dropped_rows": self.dropped_rows, "written_rows": self.written_rows,
                 "written_files": self.written_files, "feedback_buffered": len(self.feedback),

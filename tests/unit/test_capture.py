@@ -68,7 +68,7 @@ class Seq:
 # --- the buffer and the sampling ----------------------------------------------------------------
 
 def test_the_buffer_drops_and_counts_when_full_and_never_blocks() -> None:
-    capture = Capture(MODEL, "/nowhere", inline(rate=1.0, max_buffered_rows=5, spool="disk"), "r")
+    capture = Capture(MODEL, "/nowhere", inline(rate=1.0, max_buffered_rows=5), "r")
     assert not inspect.iscoroutinefunction(capture.offer)  # the request path never awaits
     model, out = fake_model(), np.zeros((1, 2), np.float32)
     for i in range(3):
@@ -88,13 +88,13 @@ def test_the_buffer_drops_and_counts_when_full_and_never_blocks() -> None:
 
 def test_the_sampling_rate_is_honoured() -> None:
     rng = random.Random(7)
-    capture = Capture(MODEL, "/nowhere", inline(rate=0.1, max_buffered_rows=10**6, spool="disk"), "r",
+    capture = Capture(MODEL, "/nowhere", inline(rate=0.1, max_buffered_rows=10**6), "r",
                       rng=rng.random)
     model, row = fake_model(), np.zeros((1, 2), np.float32)
     for i in range(20_000):
         capture.offer(str(i), model, "v1", "default", row, row, 0.0)
     assert 0.09 < len(capture.buffer) / 20_000 < 0.11
-    again = Capture(MODEL, "/nowhere", inline(rate=0.1, max_buffered_rows=10**6, spool="disk"), "r",
+    again = Capture(MODEL, "/nowhere", inline(rate=0.1, max_buffered_rows=10**6), "r",
                     rng=random.Random(7).random)
     for i in range(20_000):
         again.offer(str(i), model, "v1", "default", row, row, 0.0)
@@ -193,8 +193,6 @@ def test_the_writer_flushes_on_its_own_after_flush_rows(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_is_kept_for_the_next_flush(tmp_path: Path) -> None:
-    """The disk spool's writer (a memory spool writes tensor requests through: its failures are
-    in test_capture_spool)."""
     failures = [OSError("No space left on device")]
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -203,7 +201,7 @@ def test_a_failed_write_is_kept_for_the_next_flush(tmp_path: Path) -> None:
         return write_spool(*args, **kwargs)
 
     async def scenario() -> None:
-        capture = Capture(MODEL, str(tmp_path), inline(rate=1.0, spool="disk"), "r", write_spool=flaky)
+        capture = Capture(MODEL, str(tmp_path), inline(rate=1.0), "r", write_spool=flaky)
         row = np.ones((1, 2), np.float32)
         capture.offer("x", fake_model(), "v1", "default", row, row, 0.0)
         await capture.flush()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,17 +14,12 @@ import pytest
 from maas.capture import Sample, model_dir
 from maas.capture_spool import (
     MAGIC,
-    MAGIC_THROUGH,
     PREFIX,
-    TRAILER,
-    SpoolAppender,
     SpoolView,
     blanks,
     drop_blanks,
-    memory_root,
     read_spool,
     recycle,
-    seal_spool,
     spool_bytes,
     spool_dir,
     spool_files,
@@ -342,180 +336,3 @@ def test_a_writers_view_of_the_spool_size_counts_its_writes_and_recounts_at_the_
     assert not view.holds_at_least(1000)
     now[0] += 1.0
     assert view.holds_at_least(1000) and len(listed) == 3
-
-
-# --- writing through (a memory spool's tensor requests) ----------------------------------------
-
-def _through(tmp_path: Path, **settings) -> Capture:
-    capture = Capture("m", str(tmp_path), CaptureSettings(rate=1.0, compaction="external", **settings), "r")
-    capture.appender = SpoolAppender(str(tmp_path / "spool"), capture.writer)  # memory's, here in tmp
-    capture.spool, capture.view = str(tmp_path / "spool"), SpoolView(str(tmp_path / "spool"))
-    return capture
-
-
-def test_a_memory_spool_writes_each_request_through_and_seals_the_files_at_the_flush(tmp_path: Path) -> None:
-    """The request's arrays are in the file when offer returns (nothing held); the flush adds the
-    header and the final name: one file per version, reading back as the requests sent."""
-    capture = Capture("m", str(tmp_path), CaptureSettings(rate=1.0, compaction="external"), "r")
-    assert capture.appender is not None and capture.spool.startswith(memory_root())  # the default
-    try:
-        rng = np.random.default_rng(3)
-        sent = [(f"q{i}", i % 2 + 1, rng.random((i + 1, 2, 2)).astype(np.float32)) for i in range(5)]
-        answers = {}
-        for request_id, version, inputs in sent:
-            answers[request_id] = rng.random((len(inputs), 2)).astype(np.float32)
-            capture.offer(request_id, LoadedModel("m", version, IMAGE, None, {}), "v1", "default", inputs,
-                          answers[request_id], 0.002)
-        assert len(capture.buffer) == 0 and capture.buffered_rows == 15
-        assert capture.state()["buffered_requests"] == 5 and spool_files(capture.spool) == []
-        open_files = [f for f in Path(capture.spool).iterdir() if f.name.endswith(".open")]
-        assert sum(f.stat().st_size for f in open_files) == 2 * len(MAGIC_THROUGH) + 15 * (4 + 2) * 4
-        asyncio.run(capture.flush())
-        files = spool_files(capture.spool)
-        assert len(files) == 2 and capture.written_rows == 15 and capture.buffered_rows == 0
-        back = {s.request_id: s for path in files for s in read_spool(path)}
-        assert set(back) == {request_id for request_id, _, _ in sent}
-        for request_id, version, inputs in sent:
-            assert back[request_id].model.version == version and back[request_id].latency_s == 0.002
-            assert np.array_equal(back[request_id].inputs, inputs.reshape(len(inputs), 4))
-            assert np.array_equal(back[request_id].outputs, answers[request_id])
-        assert all(Path(path).read_bytes().startswith(MAGIC_THROUGH) for path in files)
-        assert not [f for f in Path(capture.spool).iterdir() if f.name.startswith(".")]
-    finally:
-        import shutil
-
-        shutil.rmtree(Path(capture.spool).parent, ignore_errors=True)
-
-
-def test_a_write_through_that_fails_drops_that_request_and_keeps_the_file_whole(tmp_path: Path,
-                                                                                monkeypatch) -> None:
-    """No space left halfway through a request's bytes: the file is cut back to the requests
-    before it, the request is dropped and counted, the next ones are written; the request path
-    never sees the error."""
-    import os
-
-    import maas.capture_spool as spool
-
-    capture = _through(tmp_path)
-    model, real, fail = LoadedModel("m", 1, IMAGE, None, {}), os.writev, []
-
-    def full_midway(fd: int, buffers: list) -> int:
-        if fail:
-            fail.pop()
-            real(fd, [bytes(memoryview(buffers[0])[:5])])  # part of it lands, then the disk is full
-            raise OSError(28, "No space left on device")
-        return real(fd, buffers)
-
-    monkeypatch.setattr(spool.os, "writev", full_midway)
-    rows = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
-    capture.offer("a", model, "v1", "default", rows, np.ones((2, 2), np.float32), 0.0)
-    fail.append(1)
-    capture.offer("b", model, "v1", "default", rows + 1, np.ones((2, 2), np.float32), 0.0)
-    capture.offer("c", model, "v1", "default", rows + 2, np.ones((2, 2), np.float32), 0.0)
-    assert (capture.dropped, capture.dropped_rows, capture.write_errors) == (1, 2, 1)
-    assert "No space left" in capture.last_error and capture.state()["buffered_requests"] == 2
-    asyncio.run(capture.flush())
-    back = read_spool(spool_files(capture.spool)[0])
-    assert [s.request_id for s in back] == ["a", "c"] and capture.written_rows == 4
-    assert np.array_equal(back[1].inputs, (rows + 2).reshape(2, 4))
-
-
-def _fails(error: OSError) -> Any:
-    def fail(*args: Any) -> None:
-        raise error
-    return fail
-
-
-def test_a_file_that_cannot_be_cut_back_or_sealed_is_given_up_and_its_requests_counted(
-        tmp_path: Path, monkeypatch) -> None:
-    import maas.capture_spool as spool
-
-    capture = _through(tmp_path)
-    model, rows = LoadedModel("m", 1, IMAGE, None, {}), np.ones((3, 2, 2), np.float32)
-    capture.offer("a", model, "v1", "default", rows, np.ones((3, 2), np.float32), 0.0)
-    monkeypatch.setattr(spool.os, "writev", _fails(OSError(5, "I/O error")))
-    monkeypatch.setattr(spool.os, "ftruncate", _fails(OSError(5, "I/O error")))
-    capture.offer("b", model, "v1", "default", rows, np.ones((3, 2), np.float32), 0.0)
-    assert (capture.dropped, capture.dropped_rows, capture.buffered_rows) == (2, 6, 0)  # a went with it
-    assert capture.appender.files == {} and not list(Path(capture.spool).iterdir())
-    monkeypatch.undo()
-    capture.offer("c", model, "v1", "default", rows, np.ones((3, 2), np.float32), 0.0)  # a new file
-    monkeypatch.setattr(spool.os, "replace", _fails(OSError(28, "No space left on device")))
-    asyncio.run(capture.flush())  # sealing fails: its requests are gone, counted, no file left
-    assert (capture.dropped, capture.dropped_rows, capture.written_rows) == (3, 9, 0)
-    assert capture.dropped_unwritten == 3 and capture.write_errors == 2
-    assert not list(Path(capture.spool).iterdir())
-
-
-def test_a_full_memory_spool_drops_at_the_request_and_writes_again_once_there_is_room(tmp_path: Path) -> None:
-    capture = _through(tmp_path, max_spool_mb=1)
-    capture.max_spool_bytes = 64 << 10
-    model, rows = LoadedModel("m", 1, IMAGE, None, {}), np.ones((2048, 2, 2), np.float32)  # 48 KiB
-    for i in range(4):
-        capture.offer(f"r{i}", model, "v1", "default", rows, np.ones((2048, 2), np.float32), 0.0)
-        asyncio.run(capture.flush())
-    assert capture.spool_full and capture.written_rows == 2 * 2048  # past the bound by one flush
-    assert capture.dropped_spool_full == 2 and capture.state()["dropped_requests"] == 2
-    capture.offer("full", model, "v1", "default", rows, np.ones((2048, 2), np.float32), 0.0)
-    assert capture.dropped_spool_full == 3 and not capture.appender.files  # nothing written
-    for path in spool_files(capture.spool):  # the compactor takes them
-        path.unlink()
-    asyncio.run(capture.flush())
-    assert not capture.spool_full
-    capture.offer("room", model, "v1", "default", rows, np.ones((2048, 2), np.float32), 0.0)
-    asyncio.run(capture.flush())
-    assert [s.request_id for s in read_spool(spool_files(capture.spool)[0])] == ["room"]
-
-
-def test_a_request_the_spool_cannot_take_never_fails_the_request(tmp_path: Path) -> None:
-    capture = _through(tmp_path)
-    model = LoadedModel("m", 1, IMAGE, None, {})
-    capture.offer("odd", model, "v1", "default", np.ones((1, 2, 2), np.float32),
-                  np.array([["not", "numbers"]], dtype=object), 0.0)  # outputs that are no floats
-    assert capture.dropped == 1 and capture.write_errors == 1 and "ValueError" in capture.last_error
-
-
-@pytest.mark.parametrize("damage", ["trailer", "trailer magic", "header length", "header", "short arrays"])
-def test_a_damaged_written_through_file_is_refused(tmp_path: Path, damage: str) -> None:
-    appender = SpoolAppender(str(tmp_path), "w")
-    appender.append(sample("r", IMAGE, np.ones((3, 2, 2), np.float32)))
-    [(path, _, _)] = seal_spool(appender.detach(), itertools.count(1).__next__).files
-    data = Path(path).read_bytes()
-    length = TRAILER.unpack_from(data, len(data) - TRAILER.size)[0]
-    header_at = len(data) - TRAILER.size - length
-    crafted = {"trailer": data[:-3], "trailer magic": data[:-8] + b"NOTMAAS!",
-               "header length": data[:-16] + TRAILER.pack(len(data), MAGIC_THROUGH),
-               "header": data[:header_at] + b"[" + data[header_at + 1:],
-               "short arrays": data[:8] + data[12:]}[damage]
-    Path(path).write_bytes(crafted)
-    with pytest.raises(DataError):
-        read_spool(path)
-    assert data.startswith(MAGIC_THROUGH)
-
-
-def test_a_file_a_killed_writer_was_writing_through_is_deleted_by_the_next_compaction(tmp_path: Path) -> None:
-    """A replica killed between flushes leaves its open file (no header: its requests' ids died
-    with it); the compactor deletes it, and leaves alone the ones live writers hold."""
-    import subprocess
-    import sys
-
-    from maas.capture_compactor import compact
-
-    spool = str(tmp_path / "spool")
-    from tests.conftest import REPO
-
-    script = ("import sys, numpy as np; sys.path.insert(0, sys.argv[2])\n"
-              "from maas.capture_spool import SpoolAppender\n"
-              "from tests.unit.test_capture_spool import IMAGE, sample\n"
-              "rows = np.ones((2, 2, 2), np.float32)\n"
-              "SpoolAppender(sys.argv[1], 'gone').append(sample('lost', IMAGE, rows))\n")
-
-    subprocess.run([sys.executable, "-c", script, spool, str(REPO)], check=True)  # exits, file open
-    live = SpoolAppender(spool, "live")
-    live.append(sample("kept", IMAGE, np.ones((2, 2, 2), np.float32)))
-    assert len(list(Path(spool).glob("*.open"))) == 2
-    compact(spool, str(tmp_path / "registry"), "m", "c")
-    [left] = Path(spool).glob("*.open")
-    assert "-live-" in left.name
-    [(path, _, _)] = seal_spool(live.detach(), itertools.count(1).__next__).files
-    assert [s.request_id for s in read_spool(path)] == ["kept"]
