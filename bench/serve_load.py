@@ -19,7 +19,6 @@ own output (tf_keras, called here) before it is timed.
                                          [--deployment-hosting] [--audit] [--capture]
                                          [--capture-sustained] [--capture-compaction MODE]
                                          [--capture-spool memory|disk] [--capture-no-reuse]
-                                         [--whole-number-inputs]
 
 `--python-proxy` starts Ray without the HAProxy variables: Serve's Python proxy (`--haproxy`, the
 default now, is accepted and changes nothing). `--audit` adds the same app writing every prediction
@@ -33,8 +32,6 @@ and how much CPU turning it into Parquet took. `--capture-sustained` adds the sa
 `--capture-compaction inline|external` measures the other modes; `--capture-spool disk` the spool
 on disk instead of in memory (capture.spool); `--capture-no-reuse` the same app with
 `spool_reuse_mb: 0` beside it (every spool write into new memory, as before spool reuse).
-`--whole-number-inputs` sends rows of integers 0-16, as the digits data set has them, instead of
-random fractions (capture spools whole-number inputs as uint8, a quarter of the bytes).
 `--deployment-hosting` adds the same config with the model in a deployment of its own (hosting:
 deployment, one more Serve hop). The ceiling (the same stacks answering without a model) is
 bench/serve_ceiling.py.
@@ -439,14 +436,9 @@ def model_outputs(model_file: str, bodies: dict[str, str]) -> dict[str, np.ndarr
                                     training=False)) for size, body in bodies.items()}
 
 
-def request_bodies(whole_numbers: bool = False) -> dict[str, str]:
-    """Random rows: fractions rounded to 3 places, or (``whole_numbers``) pixel-like integers 0-16
-    as the digits data set has them."""
-    def rows(n: int) -> list:
-        return (np.random.randint(0, 17, (n, 8, 8)).astype(float) if whole_numbers
-                else np.random.rand(n, 8, 8).round(3)).tolist()
-
-    return {"one": json.dumps({"instances": rows(1)}), "many": json.dumps({"instances": rows(64)})}
+def request_bodies() -> dict[str, str]:
+    return {"one": json.dumps({"instances": [np.random.rand(8, 8).round(3).tolist()]}),
+            "many": json.dumps({"instances": np.random.rand(64, 8, 8).round(3).tolist()})}
 
 
 def run_rounds(starters: dict[str, Callable[[int], subprocess.Popen]], checks: dict[str, Any],
@@ -531,9 +523,6 @@ def main() -> None:
     parser.add_argument("--capture-sustained", action="store_true",
                         help="with --capture: also the same with compact_idle_pct 0, the compactor working "
                              "during the load (what saturation that outlasts the spool costs)")
-    parser.add_argument("--whole-number-inputs", action="store_true",
-                        help="request rows of integers 0-16, as the digits data set has them (capture "
-                             "spools such inputs as uint8), instead of fractions")
     parser.add_argument("--capture-no-reuse", action="store_true",
                         help="with --capture: also the same with capture.spool_reuse_mb 0 (every spool "
                              "write into new memory, as before spool reuse)")
@@ -548,7 +537,7 @@ def main() -> None:
     haproxy = not args.python_proxy
     print(f"ours: Serve with {'HAProxy direct ingress' if haproxy else 'the Python proxy'}, "
           f"RAY_worker_niceness={args.worker_niceness}", flush=True)
-    bodies = request_bodies(args.whole_number_inputs)
+    bodies = request_bodies()
     kserve_problem = None
     kserve = None
     if not args.no_kserve:

@@ -1,8 +1,7 @@
 """What a capture spool write costs into new memory against memory a file already holds: the
 replica's writer (``maas.capture_spool.write_spool``) spooling flushes of 156 requests of 64
-digits-sized rows (64 x 64 inputs, whole numbers 0-16, spooled as uint8; 64 x 10 float32
-outputs: ~6.6 KiB a request; ~19 KiB with ``--float-inputs``) into /dev/shm, side by side in one
-run:
+digits-sized rows (64 x 64 float32 inputs, 64 x 10 outputs; ~19 KiB a request) into /dev/shm,
+side by side in one run:
 
 - ``new``: each flush a new file, all kept until the round ends (the spool growing under load,
   as with ``spool_reuse_mb: 0``), then deleted;
@@ -15,13 +14,12 @@ costs a fault to the hypervisor per page. ``--mib`` sets how much each round wri
 machine has touched since boot shows it. CPU microseconds per request (the writing thread's), per
 round. No Ray, no server.
 
-    .venv/bin/python bench/spool_memory.py [--mib 600] [--rounds 3] [--idle-s 70] [--float-inputs]
+    .venv/bin/python bench/spool_memory.py [--mib 600] [--rounds 3] [--idle-s 70]
 
-``--idle-s``: the blanks sit untouched that long before each reused round (memory left idle for a
-minute costs more to write again on this VM). The digits inputs are whole numbers, spooled as
-uint8 (``write_spool``); ``--float-inputs`` adds 0.5 to them, so they stay float32.
+``--idle-s``: the blanks sit untouched that long before each reused round (on this VM, memory
+left alone for a minute costs more to write again than new memory: docs/serving-on-ray.md).
 
-Last line: RESULT new_first_us=.. new_median_us=.. reused_median_us=.. mib=.. idle_s=.. inputs=..
+Last line: RESULT new_first_us=.. new_median_us=.. reused_median_us=.. mib=.. idle_s=..
 """
 
 from __future__ import annotations
@@ -48,10 +46,10 @@ from maas.serving.model import LoadedModel  # noqa: E402
 REQUESTS_PER_FLUSH = 156  # flush_rows 10,000 of 64-row requests
 
 
-def flush_samples(rng: np.random.Generator, offset: float = 0.0) -> list[Sample]:
+def flush_samples(rng: np.random.Generator) -> list[Sample]:
     model = LoadedModel("digits_mlp", 1, DataSchema(input_shape=(8, 8), classes=list(range(10))), None, {})
     return [Sample(1.8e9 + i, f"{i:032x}", model, "v1", "default",
-                   rng.integers(0, 17, (64, 8, 8)).astype(np.float32) + offset,
+                   rng.integers(0, 17, (64, 8, 8)).astype(np.float32),
                    rng.dirichlet(np.ones(10), 64).astype(np.float32), 0.004)
             for i in range(REQUESTS_PER_FLUSH)]
 
@@ -79,19 +77,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle-s", type=float, default=0.0,
                         help="leave the blanks untouched this long before each reused round")
-    parser.add_argument("--float-inputs", action="store_true",
-                        help="inputs that are not whole numbers (spooled as float32, not uint8)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    offset = 0.5 if args.float_inputs else 0.0
-    distinct = [flush_samples(rng, offset) for _ in range(8)]  # they cycle: their contents do not matter
+    distinct = [flush_samples(rng) for _ in range(8)]  # the arrays cycle: their contents do not matter
+    flush_mib = sum(s.inputs.nbytes + s.outputs.nbytes for s in distinct[0]) / (1 << 20)
+    count = max(1, round(args.mib / flush_mib))
+    flushes = [distinct[i % len(distinct)] for i in range(count)]
     root = tempfile.mkdtemp(prefix="maas-spool-bench-", dir="/dev/shm")
     new_folder, reused_folder = f"{root}/new", f"{root}/reused"
     try:
-        [(path, _, _)] = write_spool(f"{root}/size", distinct[0], "bench", lambda: 0)
-        flush_mib = Path(path).stat().st_size / (1 << 20)  # as spooled (whole-number inputs: uint8)
-        count = max(1, round(args.mib / flush_mib))
-        flushes = [distinct[i % len(distinct)] for i in range(count)]
         sequence = itertools.count(1)  # the blanks the reused rounds write over: one round's worth
         written = [write_spool(reused_folder, s, "bench", sequence.__next__)[0][0] for s in flushes]
         for path in written:
@@ -112,7 +106,7 @@ def main() -> None:
           f"(min {min(reused):.1f}, max {max(reused):.1f})")
     print(f"RESULT new_first_us={new[0]:.1f} new_median_us={statistics.median(new):.1f} "
           f"reused_median_us={statistics.median(reused):.1f} mib={count * flush_mib:.0f} "
-          f"idle_s={args.idle_s:g} inputs={'float32' if args.float_inputs else 'uint8'}")
+          f"idle_s={args.idle_s:g}")
 
 
 if __name__ == "__main__":

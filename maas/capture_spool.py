@@ -11,9 +11,7 @@ One spool file per version per flush, named ``<written>-<writer>-<seq>.spool`` (
 a hidden name, then renamed)::
 
     MAGIC (8 bytes) | header length (8 bytes, little-endian) | header (JSON, UTF-8)
-    | inputs: float32 [rows, width], C order (tensor models; text and table inputs are in the header),
-      or uint8 when every value of the file's inputs is a whole number 0-255 (``input_dtype``),
-      zero-padded to a multiple of 4 bytes
+    | inputs: float32 [rows, width], C order (tensor models; text and table inputs are in the header)
     | outputs: float32 [rows, output width], C order
 
 The header names the version, its schema (dtype, input shape, classes) and each request: id,
@@ -67,8 +65,7 @@ PREFIX = struct.Struct("<8sQ")
 SPOOL_DIR = "_spool"
 SUFFIX = ".spool"
 BLANK = ".blank"
-FORMAT = 2  # 2: tensor inputs may be uint8 (``input_dtype``)
-READS = (1, 2)
+FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -327,12 +324,8 @@ def _write_file(path: str, samples: Sequence[Sample], view: SpoolView | None = N
     inputs = [np.ascontiguousarray(s.inputs, dtype=np.float32).reshape(len(s.inputs), -1) if tensor
               else np.asarray(s.inputs, dtype=object).reshape(len(s.inputs), -1) for s in samples]
     outputs = [np.ascontiguousarray(s.outputs, dtype=np.float32).reshape(len(s.outputs), -1) for s in samples]
-    narrow = _as_small_integers(inputs) if tensor else None
-    if narrow is not None:  # a quarter of the bytes: the spool's memory is most of its cost
-        inputs = narrow + [np.zeros(-sum(x.nbytes for x in narrow) % 4, np.uint8)]  # outputs 4-aligned
     header = {
         "format": FORMAT, "version": samples[0].model.version,
-        "input_dtype": "uint8" if narrow is not None else "float32",
         "schema": {"dtype": schema.dtype, "input_shape": [int(d) for d in schema.input_shape],
                    "classes": [c if isinstance(c, (int, str)) else str(c) for c in schema.classes]},
         "requests": [[s.request_id, s.time, s.protocol, s.route, s.latency_s, len(s.inputs)]
@@ -362,22 +355,7 @@ def _write_file(path: str, samples: Sequence[Sample], view: SpoolView | None = N
         raise
     if view is not None:
         view.wrote(size)
-    return sum(len(s.inputs) for s in samples)
-
-
-def _as_small_integers(inputs: list[np.ndarray]) -> list[np.ndarray] | None:
-    """``inputs`` as uint8 when every value is a whole number from 0 to 255 (pixels, counts,
-    digits' 0-16), so they read back exactly; else None."""
-    narrowed = []
-    with np.errstate(invalid="ignore"):  # NaN and out-of-range values cast to something unequal
-        if not all(np.array_equal(x[:1].astype(np.uint8), x[:1]) for x in inputs[:1]):
-            return None  # float features: told by the first row, for ~1 us a flush
-        for x in inputs:
-            small = x.astype(np.uint8)
-            if not np.array_equal(small, x):
-                return None
-            narrowed.append(small)
-    return narrowed
+    return sum(len(x) for x in inputs)
 
 
 def _claim_blank(directory: str, hidden: str) -> bool:
@@ -435,25 +413,19 @@ def read_spool(path: str | Path) -> list[Sample]:
         model = SpooledVersion(int(header["version"]), schema)
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"capture spool file {path} has an unreadable header: {exc}") from exc
-    if header.get("format") not in READS:
-        raise DataError(f"capture spool file {path} has format {header.get('format')!r}, expected one of "
-                        f"{list(READS)}")
-    input_dtype = header.get("input_dtype", "float32")
-    if input_dtype not in ("float32", "uint8"):
-        raise DataError(f"capture spool file {path} has inputs of dtype {input_dtype!r}")
+    if header.get("format") != FORMAT:
+        raise DataError(f"capture spool file {path} has format {header.get('format')!r}, expected {FORMAT}")
     total = sum(int(r[5]) for r in requests)
     tensor = header["input_width"] is not None
     input_width = int(header["input_width"]) if tensor else 0
     body = memoryview(data)[PREFIX.size + length:]
-    input_bytes = total * input_width * np.dtype(input_dtype).itemsize
-    start = input_bytes + -input_bytes % 4
-    expected = start + 4 * total * width
+    expected = 4 * total * (input_width + width)
     if len(body) != expected:
         raise DataError(f"capture spool file {path} holds {len(body)} bytes of arrays, expected {expected}")
-    inputs = (np.frombuffer(body[:input_bytes], dtype=input_dtype).reshape(total, input_width)
-              .astype(np.float32, copy=False) if tensor
+    floats = np.frombuffer(body, dtype=np.float32)
+    inputs = (floats[:total * input_width].reshape(total, input_width) if tensor
               else np.array(header["texts"], dtype=object).reshape(total, -1))
-    outputs = np.frombuffer(body[start:], dtype=np.float32).reshape(total, width)
+    outputs = floats[total * input_width:].reshape(total, width)
     samples, start = [], 0
     for request_id, arrived, protocol, route, latency_s, rows in requests:
         end = start + int(rows)

@@ -160,7 +160,7 @@ def test_a_full_spool_drops_and_counts_and_never_makes_a_request_wait(tmp_path: 
     async def scenario() -> None:
         settings = CaptureSettings(rate=1.0, max_spool_mb=1, compaction="external")  # nothing empties it
         capture = Capture("m", str(tmp_path), settings, "r")
-        rows = np.full((2048, 2, 2), 0.5, np.float32)  # 32 KiB of inputs a request (not whole numbers)
+        rows = np.ones((2048, 2, 2), np.float32)  # 32 KiB of inputs a request
         for round_ in range(40):
             capture.offer(f"r{round_}", LoadedModel("m", 1, IMAGE, None, {}), "v1", "default", rows,
                           np.ones((2048, 2), np.float32), 0.0)
@@ -336,73 +336,3 @@ def test_a_writers_view_of_the_spool_size_counts_its_writes_and_recounts_at_the_
     assert not view.holds_at_least(1000)
     now[0] += 1.0
     assert view.holds_at_least(1000) and len(listed) == 3
-
-
-# --- whole-number inputs spooled as bytes ---------------------------------------------------------
-
-def _header_of(path: str) -> dict:
-    import json
-
-    data = Path(path).read_bytes()
-    return json.loads(data[PREFIX.size:PREFIX.size + PREFIX.unpack_from(data)[1]])
-
-
-def test_whole_number_inputs_are_spooled_as_bytes_and_read_back_exactly(tmp_path: Path) -> None:
-    """Pixels, counts, digits' 0-16: a quarter of the spool memory; the compactor reads float32."""
-    rng = np.random.default_rng(5)
-    first, second = (rng.integers(0, 256, (n, 2, 2)).astype(np.float32) for n in (3, 2))
-    [(path, _, rows)] = write_spool(str(tmp_path), [sample("a", IMAGE, first), sample("b", IMAGE, second)],
-                                    "w", itertools.count(1).__next__)
-    header = _header_of(path)
-    assert header["input_dtype"] == "uint8" and rows == 5
-    arrays = Path(path).stat().st_size - PREFIX.size - PREFIX.unpack_from(Path(path).read_bytes())[1]
-    assert arrays == 5 * 4 * 1 + 0 + 5 * 2 * 4  # 20 bytes of inputs (4-aligned already), outputs
-    back = read_spool(path)
-    assert back[0].inputs.dtype == np.float32 and np.array_equal(back[0].inputs, first.reshape(3, 4))
-    assert np.array_equal(back[1].inputs, second.reshape(2, 4)) and back[1].outputs.shape == (2, 2)
-    [(odd, _, _)] = write_spool(str(tmp_path), [sample("c", IMAGE, first[:1, :1, :1].reshape(1, 1, 1))],
-                                "w", itertools.count(5).__next__)  # one byte of inputs: padded to 4
-    assert np.array_equal(read_spool(odd)[0].inputs, first[:1, :1, :1].reshape(1, 1))
-
-
-@pytest.mark.parametrize("value", [0.5, -1.0, 256.0, float("nan"), float("inf")])
-def test_inputs_that_are_not_all_small_whole_numbers_stay_float32(tmp_path: Path, value: float) -> None:
-    plain = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
-    odd = plain.copy()
-    odd[1, 1, 1] = value  # one value in the second request decides for the whole file
-    [(path, _, _)] = write_spool(str(tmp_path), [sample("a", IMAGE, plain), sample("b", IMAGE, odd)], "w",
-                                 itertools.count(1).__next__)
-    assert _header_of(path)["input_dtype"] == "float32"
-    back = read_spool(path)
-    assert np.array_equal(back[1].inputs, odd.reshape(2, 4), equal_nan=True)
-
-
-def test_a_spool_file_of_the_first_format_still_reads(tmp_path: Path) -> None:
-    """What a replica before this change spooled (format 1: float32 inputs, no input_dtype)."""
-    import json
-
-    inputs, outputs = np.arange(8, dtype=np.float32).reshape(2, 4), np.ones((2, 2), np.float32)
-    header = json.dumps({"format": 1, "version": 4, "schema": {"dtype": "float32", "input_shape": [2, 2],
-                                                              "classes": [3, 7]},
-                         "requests": [["old", 1.7e9, "v1", "default", 0.01, 2]], "input_width": 4,
-                         "output_width": 2}).encode()
-    path = tmp_path / "old.spool"
-    path.write_bytes(PREFIX.pack(MAGIC, len(header)) + header + inputs.tobytes() + outputs.tobytes())
-    [back] = read_spool(path)
-    assert back.request_id == "old" and back.model.version == 4 and np.array_equal(back.inputs, inputs)
-
-
-@pytest.mark.parametrize("damage", ["dtype", "sizes"])
-def test_a_spool_file_whose_input_dtype_does_not_add_up_is_refused(tmp_path: Path, damage: str) -> None:
-    import json
-
-    [(path, _, _)] = write_spool(str(tmp_path), [sample("r", IMAGE, np.ones((3, 2, 2), np.float32))], "w",
-                                 itertools.count(1).__next__)
-    data = Path(path).read_bytes()
-    length = PREFIX.unpack_from(data)[1]
-    header = json.loads(data[PREFIX.size:PREFIX.size + length])
-    header["input_dtype"] = {"dtype": "object", "sizes": "float32"}[damage]
-    encoded = json.dumps(header).encode()
-    Path(path).write_bytes(PREFIX.pack(MAGIC, len(encoded)) + encoded + data[PREFIX.size + length:])
-    with pytest.raises(DataError):
-        read_spool(path)
