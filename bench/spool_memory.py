@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from maas.capture import Sample  # noqa: E402
-from maas.capture_spool import blanks, recycle, spool_files, write_spool  # noqa: E402
+from maas.capture_spool import SpoolView, blanks, recycle, spool_files, write_spool  # noqa: E402
 from maas.data import DataSchema  # noqa: E402
 from maas.serving.model import LoadedModel  # noqa: E402
 
@@ -57,11 +57,11 @@ def flush_samples(rng: np.random.Generator) -> list[Sample]:
 def timed_round(folder: str, flushes: list[list[Sample]], reuse: bool) -> float:
     """CPU us per request to spool every flush; with ``reuse``, each file is recycled at once
     (the pool then holds one round's worth); without, all are deleted after the round."""
-    sequence = itertools.count(1)
+    sequence, view = itertools.count(1), SpoolView(folder)  # the writer's, as a replica has it
     spent = 0.0
     for samples in flushes:
         started = time.thread_time()
-        [(path, _, _)] = write_spool(folder, samples, "bench", sequence.__next__)
+        [(path, _, _)] = write_spool(folder, samples, "bench", sequence.__next__, view)
         spent += time.thread_time() - started
         if reuse:
             recycle(path, folder, 1 << 40, 0)

@@ -258,6 +258,7 @@ class SpoolView:
         self._bytes = 0
 
     def holds_at_least(self, limit: int) -> bool:
+        """Whether the spool holds ``limit`` bytes (``max_spool_mb``: a full spool drops)."""
         now = self._clock()
         if now - self._sized >= self.relist_s or self._bytes >= limit:
             self._bytes, self._sized = spool_bytes(self.directory), now
@@ -267,9 +268,10 @@ class SpoolView:
         self._bytes += nbytes
 
     def claim_blank(self, hidden: str) -> bool:
-        """Rename a blank to ``hidden`` (see ``_claim_blank``) from the last listing, listing anew
-        once it is used up: at once when that listing found some (the compactor is recycling) or
-        the folder is small, else once ``relist_s`` has passed. False when none is left."""
+        """Rename a blank (see the module's docstring) to ``hidden``, from the last listing; the
+        rename is the claim (another writer's may win a blank: the next is tried). Lists anew once
+        the listing is used up: at once when it found some (the compactor is recycling) or the
+        folder is small, else once ``relist_s`` has passed. False when none is left."""
         while True:
             if not self._blanks:
                 now = self._clock()
@@ -299,7 +301,7 @@ def write_spool(directory: str, samples: Iterable[Sample], writer: str, next_seq
                 view: SpoolView | None = None) -> list[tuple[str, int, int]]:
     """One spool file per version of ``samples``; [(path, version, rows)]. ``view``: the
     writer's picture of the spool (blanks claimed from it, bytes written counted in it); without
-    one, the folder is listed for a blank at each file."""
+    one, the folder is listed afresh."""
     groups: dict[int, list[Sample]] = {}
     for sample in samples:
         if len(sample.inputs):  # a request without rows has nothing to keep
@@ -341,7 +343,7 @@ def _write_file(path: str, samples: Sequence[Sample], view: SpoolView | None = N
     buffers = [PREFIX.pack(MAGIC, len(encoded)), encoded, *(inputs if tensor else []), *outputs]
     size = sum(b.nbytes if isinstance(b, np.ndarray) else len(b) for b in buffers)
     try:
-        reused = view.claim_blank(hidden) if view is not None else _claim_blank(directory, hidden)
+        reused = (view or SpoolView(directory)).claim_blank(hidden)
         fd = os.open(hidden, os.O_WRONLY | (0 if reused else os.O_CREAT | os.O_EXCL), 0o600)
         try:
             _write_all(fd, buffers)
@@ -356,18 +358,6 @@ def _write_file(path: str, samples: Sequence[Sample], view: SpoolView | None = N
     if view is not None:
         view.wrote(size)
     return sum(len(x) for x in inputs)
-
-
-def _claim_blank(directory: str, hidden: str) -> bool:
-    """Rename a blank (see the module's docstring) to ``hidden``; False when there is none left
-    (another writer's rename may win each one)."""
-    for entry in _blank_entries(directory):
-        try:
-            os.rename(entry.path, hidden)
-            return True
-        except FileNotFoundError:
-            continue
-    return False
 
 
 def _write_all(fd: int, buffers: list[Any]) -> None:
