@@ -155,13 +155,18 @@ def spool_bytes(directory: str) -> int:
         return 0
 
 
-def _blank_entries(directory: str) -> Iterator[os.DirEntry]:
-    """The blanks in ``directory`` as the folder lists them (a writer claims one without a stat)."""
+def _entries(directory: str) -> Iterator[os.DirEntry]:
+    """What ``directory`` holds, as the folder lists it; nothing when it is not there."""
     try:
         with os.scandir(directory) as entries:
-            yield from (entry for entry in entries if entry.name.endswith(BLANK))
+            yield from entries
     except FileNotFoundError:
         return
+
+
+def _blank_entries(directory: str) -> Iterator[os.DirEntry]:
+    """The blanks in ``directory`` as the folder lists them (a writer claims one without a stat)."""
+    return (entry for entry in _entries(directory) if entry.name.endswith(BLANK))
 
 
 def blanks(directory: str) -> list[tuple[str, int]]:
@@ -287,14 +292,10 @@ class SpoolView:
                 continue
 
     def _list_blanks(self, now: float) -> None:
-        try:
-            with os.scandir(self.directory) as entries:
-                names = [entry.name for entry in entries]
-        except FileNotFoundError:
-            names = []
-        self._blanks = [f"{self.directory}/{name}" for name in names if name.endswith(BLANK)]
+        entries = list(_entries(self.directory))
+        self._blanks = [entry.path for entry in entries if entry.name.endswith(BLANK)]
         self._blanks_listed = now
-        self._relist_waits = not self._blanks and len(names) > self.SMALL_FOLDER
+        self._relist_waits = not self._blanks and len(entries) > self.SMALL_FOLDER
 
 
 def write_spool(directory: str, samples: Iterable[Sample], writer: str, next_seq: Callable[[], int],
